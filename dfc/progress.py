@@ -1,0 +1,19 @@
+"""Progress bars on long work (tqdm on stderr), silenced globally with `set_enabled(False)`."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+_enabled = True
+
+
+def set_enabled(on: bool) -> None:
+    global _enabled
+    _enabled = on
+
+
+def progress_bar(iterable, desc: str | None = None, total: int | None = None, **kw):
+    """Wrap `iterable` in a bar when a description is given and bars are enabled."""
+    if desc is None or not _enabled:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)
