@@ -1,0 +1,149 @@
+"""Pass manager: passes, their registry, and the context they share.
+
+A pass is a small class with a `name`, keyword options and `run(graph, ctx) -> graph`. The
+`PassManager` imports the model once, runs the passes in order on the gs.Graph, and exports it;
+in debug mode it checks validity (onnx checker + an ORT session) after every pass and names the
+pass that broke the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from dfc import ir
+from dfc.bn_stats import METADATA_KEY, BNStatsStore
+from dfc.errors import DfcError
+
+log = logging.getLogger("dfc")
+
+PASS_REGISTRY: dict[str, type["Pass"]] = {}
+
+
+def register(cls: type["Pass"]) -> type["Pass"]:
+    """Class decorator: make a pass available by its name."""
+    if cls.name in PASS_REGISTRY and PASS_REGISTRY[cls.name] is not cls:
+        raise ValueError(f"pass name {cls.name!r} registered twice")
+    PASS_REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_pass(name: str, **options) -> "Pass":
+    _load_builtin_passes()
+    if name not in PASS_REGISTRY:
+        raise DfcError(f"unknown pass {name!r}; known: {', '.join(sorted(PASS_REGISTRY))}")
+    return PASS_REGISTRY[name](**options)
+
+
+def _load_builtin_passes() -> None:
+    import dfc.passes  # noqa: F401  (registers the built-in passes)
+
+
+@dataclass
+class Context:
+    """What passes share: BN statistics, seed, logger, input normalisation, per-pass results."""
+
+    seed: int = 0
+    bn_stats: BNStatsStore = field(default_factory=BNStatsStore)
+    bn_stats_found: bool = False  # True when the input model had BN nodes or dfc metadata
+    input_mean: np.ndarray | None = None  # per-channel, of the pixel in [0, 1]
+    input_std: np.ndarray | None = None
+    results: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    debug: bool = False
+    logger: logging.Logger = field(default_factory=lambda: log)
+
+    def note(self, text: str) -> None:
+        """A user-facing remark that ends up in the report (e.g. a data-free fallback)."""
+        if text not in self.notes:
+            self.notes.append(text)
+            self.logger.warning(text)
+
+    def rng(self, salt: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, salt])
+
+    def input_range(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Valid range of the model input per channel, from pixels in [0, 1] through the normalisation."""
+        if self.input_mean is None or self.input_std is None:
+            return None
+        return (0.0 - self.input_mean) / self.input_std, (1.0 - self.input_mean) / self.input_std
+
+
+class Pass:
+    """Base class: subclasses set `name` and implement `run`."""
+
+    name: ClassVar[str] = ""
+    exact: ClassVar[bool] = False  # exact passes must reproduce the outputs (tested to 1e-4)
+
+    def __init__(self, **options: Any):
+        unknown = set(options) - set(self.default_options())
+        if unknown:
+            raise DfcError(f"pass {self.name!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        self.options = {**self.default_options(), **options}
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {}
+
+    def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+
+def context_from_model(model: onnx.ModelProto, **kw) -> Context:
+    """A context seeded from the model's dfc metadata (BN statistics, input normalisation)."""
+    ctx = Context(**kw)
+    meta = {p.key: p.value for p in model.metadata_props}
+    ctx.metadata.update(meta)
+    if METADATA_KEY in meta:
+        ctx.bn_stats = BNStatsStore.from_metadata(meta[METADATA_KEY])
+        ctx.bn_stats_found = bool(ctx.bn_stats)
+    if ctx.input_mean is None and "dfc.input_mean" in meta:
+        ctx.input_mean = np.asarray([float(v) for v in meta["dfc.input_mean"].split(",")], np.float32)
+        ctx.input_std = np.asarray([float(v) for v in meta["dfc.input_std"].split(",")], np.float32)
+    return ctx
+
+
+class PassManager:
+    """Runs passes in order on one gs.Graph; `run(model) -> ModelProto`."""
+
+    def __init__(self, passes: list["Pass | str"], debug: bool = False):
+        self.passes = [get_pass(p) if isinstance(p, str) else p for p in passes]
+        self.debug = debug
+
+    def run(self, model: onnx.ModelProto, ctx: Context | None = None) -> onnx.ModelProto:
+        ctx = ctx or context_from_model(model)
+        ctx.debug = ctx.debug or self.debug
+        graph = ir.import_graph(model)
+        for p in self.passes:
+            t0 = time.perf_counter()
+            ctx.logger.info("pass %s ...", p.name)
+            graph = p.run(graph, ctx)
+            ir.tidy(graph)
+            ctx.results.setdefault(p.name, {})["seconds"] = round(time.perf_counter() - t0, 3)
+            if ctx.debug:
+                from dfc.modelio import check_model
+
+                check_model(self._export(graph, model, ctx), what=f"model after pass {p.name!r}")
+        return self._export(graph, model, ctx)
+
+    @staticmethod
+    def _export(graph: gs.Graph, like: onnx.ModelProto, ctx: Context) -> onnx.ModelProto:
+        meta = dict(ctx.metadata)
+        if ctx.bn_stats:
+            meta[METADATA_KEY] = ctx.bn_stats.to_metadata()
+        else:
+            meta.pop(METADATA_KEY, None)
+        if ctx.input_mean is not None:
+            meta["dfc.input_mean"] = ",".join(f"{v:.6g}" for v in ctx.input_mean)
+            meta["dfc.input_std"] = ",".join(f"{v:.6g}" for v in ctx.input_std)
+        return ir.export_model(graph, like=like, metadata=meta)
