@@ -1,0 +1,124 @@
+"""Calibration data (data-free) and activation-range collection.
+
+Generators produce inputs in the model's input space. In this version only `gaussian` exists:
+the "G" scheme of The Knowledge Within (Haroush et al., CVPR 2020, §3) - noise with the input's
+first and second moments; after the input normalisation x = (pixel − mean)/std those are 0 and 1
+per channel, so the samples are N(0, 1), clamped to the valid input range when the normalisation
+is known. The BNS inverter (`bns`, `inception`, `bns+inception`) lands in its own issue.
+
+Range collection runs the float model in ONNX Runtime with the tensors of interest exposed as
+outputs: `minmax` keeps the running min/max; `percentile` takes the p-th / (100−p)-th percentile of
+each batch and averages them over batches; `mse` keeps a uniform subsample of each tensor's values
+and picks the range [α·lo, α·hi] (α on a grid in (0, 1]) that minimises the b-bit quantization
+mean squared error on it (the clipping/rounding trade-off, as in Banner et al. 2019, ACIQ).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from dfc.errors import DfcError, NotImplementedYetError
+
+CALIB_METHODS = ("bns", "gaussian", "inception", "bns+inception")
+IMPLEMENTED_METHODS = ("gaussian",)
+CALIBRATORS = ("minmax", "percentile", "mse")
+MSE_SAMPLES = 1 << 18  # values kept per tensor for the MSE range search
+
+
+def check_method(method: str) -> None:
+    if method not in CALIB_METHODS:
+        raise DfcError(f"--calib: unknown calibration {method!r}; choose from {', '.join(CALIB_METHODS)}")
+    if method not in IMPLEMENTED_METHODS:
+        raise NotImplementedYetError(f"--calib {method}", "the BNS inverter is not built yet; use --calib gaussian")
+
+
+def best_available_method(bn_stats_found: bool) -> str:
+    """The best data-free calibration dfc has now (BNS once the inverter exists)."""
+    return "gaussian"
+
+
+def input_spec(graph: gs.Graph) -> tuple[str, tuple[int, ...]]:
+    """(name, per-sample shape) of the single float input; clear errors otherwise."""
+    if len(graph.inputs) != 1:
+        raise DfcError(f"calibration needs a model with exactly one input; this one has {len(graph.inputs)}: {[t.name for t in graph.inputs]}")
+    t = graph.inputs[0]
+    if t.shape is None or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in t.shape[1:]):
+        raise DfcError(f"input {t.name!r} has shape {t.shape}: all dimensions but the batch must be fixed to generate calibration data")
+    if t.dtype is not None and np.dtype(t.dtype) != np.float32:
+        raise DfcError(f"input {t.name!r} is {np.dtype(t.dtype)}; only float32 inputs can be calibrated")
+    return t.name, tuple(int(d) for d in t.shape[1:])
+
+
+def gaussian_samples(shape: tuple[int, ...], n: int, rng: np.random.Generator, input_range=None) -> np.ndarray:
+    """N(0, 1) samples in the model's input space, clamped per channel to the valid range if known."""
+    x = rng.standard_normal((n,) + tuple(shape)).astype(np.float32)
+    if input_range is not None:
+        lo, hi = (np.asarray(v, np.float32).reshape((1, -1) + (1,) * (len(shape) - 1)) for v in input_range)
+        x = np.clip(x, lo, hi)
+    return x
+
+
+def collect_ranges(
+    model: onnx.ModelProto,
+    names: list[str],
+    x: np.ndarray,
+    calibrator: str = "minmax",
+    percentile: float = 99.99,
+    batch: int = 64,
+    bits: dict[str, int] | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Per-tensor (lo, hi) of `names` over the calibration batch `x`, by running ORT."""
+    from dfc.progress import progress_bar
+    from dfc.runtime import make_session
+
+    if calibrator not in CALIBRATORS:
+        raise DfcError(f"unknown calibrator {calibrator!r}; choose from {', '.join(CALIBRATORS)}")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    sess = make_session(probe, optimize=False)
+    in_name = sess.get_inputs()[0].name
+    lo = {n: [] for n in names}
+    hi = {n: [] for n in names}
+    kept = {n: [] for n in names}
+    starts = range(0, len(x), batch)
+    rng = np.random.default_rng(0)
+    per_batch = max(1, MSE_SAMPLES // max(1, len(starts)))
+    for s in progress_bar(starts, desc="calibrating", total=len(starts)):
+        outs = sess.run(names, {in_name: x[s : s + batch]})
+        for n, v in zip(names, outs):
+            v = v.ravel()
+            if calibrator in ("minmax", "mse"):
+                lo[n].append(float(v.min()))
+                hi[n].append(float(v.max()))
+                if calibrator == "mse":
+                    kept[n].append(v if v.size <= per_batch else rng.choice(v, per_batch, replace=False))
+            else:
+                lo[n].append(float(np.percentile(v, 100.0 - percentile)))
+                hi[n].append(float(np.percentile(v, percentile)))
+    if calibrator == "minmax":
+        return {n: (min(lo[n]), max(hi[n])) for n in names}
+    if calibrator == "mse":
+        bits = bits or {}
+        return {n: mse_range(np.concatenate(kept[n]), min(lo[n]), max(hi[n]), bits.get(n, 8)) for n in names}
+    return {n: (float(np.mean(lo[n])), float(np.mean(hi[n]))) for n in names}
+
+
+def mse_range(v: np.ndarray, lo: float, hi: float, bits: int, grid: int = 50) -> tuple[float, float]:
+    """The range [α·lo, α·hi] minimising mean((v − fakequant(v))²) over α in (0, 1]."""
+    from dfc.quant_math import act_qparams
+
+    best, best_err = (lo, hi), np.inf
+    v = v.astype(np.float32)
+    for a in np.linspace(1.0, 1.0 / grid, grid):
+        p = act_qparams(a * lo, a * hi, bits)
+        q = np.clip(np.round(v / p.scale) + p.zero_point, 0, p.qmax)
+        err = float(np.mean(((q - p.zero_point) * p.scale - v) ** 2))
+        if err < best_err:
+            best, best_err = (a * lo, a * hi), err
+    return best

@@ -1,0 +1,44 @@
+"""ORT latency as a ratio against a reference, measured fairly on a noisy machine.
+
+All models get sessions with the same thread settings, then run in alternation (A, B, C, A, B,
+C, ...) so that drifts in machine load hit every model alike; each model's latency is the median
+of its runs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+
+
+def median_latencies(
+    models: dict[str, onnx.ModelProto | str],
+    x: np.ndarray,
+    threads: int = 2,
+    rounds: int = 20,
+    warmup: int = 2,
+    progress: str | None = None,
+) -> dict[str, float]:
+    """name -> median seconds of one `session.run` on batch `x`, alternating between models."""
+    from dfc.progress import progress_bar
+    from dfc.runtime import make_session
+
+    sessions = {k: make_session(m, threads=threads) for k, m in models.items()}
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    for _ in range(warmup):
+        for k, s in sessions.items():
+            s.run(None, feeds[k])
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in progress_bar(range(rounds), desc=progress, total=rounds):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def latency_ratios(medians: dict[str, float], reference: str) -> dict[str, float]:
+    ref = medians[reference]
+    return {k: v / ref for k, v in medians.items()}

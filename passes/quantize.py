@@ -1,0 +1,293 @@
+"""`quantize`: QDQ insertion with calibrated activation ranges. Lossy; reports its error.
+
+Graph form (what ONNX Runtime fuses into QLinearConv / QGemm / QLinearAdd /
+QLinearGlobalAveragePool on x86):
+- Conv/Gemm/MatMul weights: int8 symmetric per output channel, a DequantizeLinear in front;
+- biases: int32 with scale s_x·s_w and zero point 0, a DequantizeLinear in front;
+- activations: uint8 asymmetric per tensor, one QuantizeLinear → DequantizeLinear pair per tensor,
+  shared by all its consumers; on the inputs of Conv/Gemm/MatMul/Add/pooling and the outputs of
+  those ops (graph outputs stay float);
+- a Relu right after a Conv/Gemm/MatMul/Add is absorbed into the output quantizer: its range
+  starts at 0, so the zero point is 0 and QuantizeLinear's saturation is the Relu;
+- reshaping ops (Flatten, Reshape, ...) and MaxPool reuse their input's parameters so that ORT can
+  drop the Q/DQ pair around them.
+Bit widths 2-8: weights use the narrower symmetric range inside int8; activations below 8 bits get
+a Clip to the b-bit range in front of the QuantizeLinear. Both are accuracy simulation: ORT runs
+them with its 8-bit kernels (no extra size or speed gain; a Clip also stops the fusion).
+The first and last weighted layers (weights and input activations) use `first_last_bits`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfc import calibration, ir
+from dfc import quant_math as qm
+from dfc.errors import DfcError
+from dfc.pipeline import Context, Pass, register
+
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+POOLS = ("GlobalAveragePool", "AveragePool")
+SHARED_PARAM_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool")
+FUSABLE_ACTIVATION_PRODUCERS = WEIGHTED + ("Add",)
+QUANTIZED_OPS = (
+    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+    "MatMulInteger", "QGemm", "QLinearAdd", "DynamicQuantizeLinear",
+)
+
+
+def find_quantized_node(graph: gs.Graph) -> gs.Node | None:
+    """The first node that shows the graph is already quantized, or None."""
+    return next((n for n in graph.nodes if n.op in QUANTIZED_OPS), None)
+
+
+@register
+class Quantize(Pass):
+    name = "quantize"
+
+    @classmethod
+    def default_options(cls):
+        return {
+            "wbits": 8,
+            "abits": 8,
+            "first_last_bits": 8,
+            "calib": "gaussian",
+            "calib_samples": 256,
+            "calib_data": None,  # an array of inputs, overrides `calib`
+            "calibrator": "minmax",
+            "percentile": 99.99,
+        }
+
+    # ------------------------------------------------------------------ plan
+
+    def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
+        o = self.options
+        for key in ("wbits", "abits", "first_last_bits"):
+            qm.check_bits(o[key], f"--{key.replace('_', '-')}")
+        q = find_quantized_node(graph)
+        if q is not None:
+            raise DfcError(f"the model is already quantized (node {q.name!r} is {q.op}); dfc quantizes float models only")
+        if int(graph.opset) < 13:
+            raise DfcError(f"quantization needs opset >= 13 (per-channel DequantizeLinear); the model has opset {graph.opset}")
+
+        weighted = [n for n in graph.nodes if n.op in WEIGHTED and self._weight_axis(n) is not None]
+        skipped = [n.name for n in graph.nodes if n.op in WEIGHTED and n not in weighted]
+        if not weighted:
+            ctx.note("quantize: no Conv/Gemm/MatMul with constant weights found; the model is left in float")
+            return graph
+        edge = {id(weighted[0]), id(weighted[-1])}
+        layer_bits = {id(n): (o["first_last_bits"] if id(n) in edge else o["wbits"]) for n in weighted}
+        layer_abits = {id(n): (o["first_last_bits"] if id(n) in edge else o["abits"]) for n in weighted}
+
+        fused = self._fusable_relus(graph, weighted)
+        act_bits: dict[str, int] = {}
+
+        def want(t: gs.Tensor, bits: int) -> None:
+            if isinstance(t, gs.Constant) or ir.is_graph_output(graph, t):
+                return
+            act_bits[t.name] = max(act_bits.get(t.name, 0), bits)
+
+        def out_of(n: gs.Node) -> gs.Tensor:
+            t = n.outputs[0]
+            r = fused.get(t.name)
+            return r.outputs[0] if r is not None else t
+
+        for n in weighted:
+            want(n.inputs[0], layer_abits[id(n)])
+            want(out_of(n), o["abits"])
+        for n in graph.nodes:
+            if n.op == "Add" and all(isinstance(t, gs.Variable) for t in n.inputs):
+                for t in n.inputs:
+                    want(t, o["abits"])
+                want(out_of(n), o["abits"])
+            elif n.op in POOLS:
+                want(n.inputs[0], o["abits"])
+                want(n.outputs[0], o["abits"])
+        shared = self._shared_params(graph, act_bits)
+
+        # ------------------------------------------------------------- calibrate
+        calibrated = [t for t in act_bits if t not in shared]
+        x = self._calibration_batch(graph, ctx)
+        model = gs.export_onnx(graph)
+        ranges = calibration.collect_ranges(model, calibrated, x, o["calibrator"], o["percentile"], bits=act_bits)
+        params: dict[str, qm.ActQParams] = {}
+        for t in calibrated:
+            params[t] = qm.act_qparams(*ranges[t], act_bits[t])
+        for t, src in shared.items():
+            params[t] = params[src]
+
+        # ------------------------------------------------------------- rewrite
+        for r in fused.values():
+            ir.bypass_node(graph, r)
+        tensors = graph.tensors()
+        for t in act_bits:
+            if t in tensors:
+                self._insert_qdq(graph, tensors[t], params[t])
+        layers = []
+        for n in weighted:
+            x_params = params[self._act_name(n)]
+            layers.append(self._quantize_weights(graph, n, layer_bits[id(n)], x_params))
+
+        accelerated = all(b == 8 for b in (o["wbits"], o["abits"], o["first_last_bits"]))
+        ctx.metadata["dfc.quantization"] = json.dumps(
+            {k: o[k] for k in ("wbits", "abits", "first_last_bits", "calibrator")} | {"calib": self._calib_name()}
+        )
+        if not accelerated:
+            ctx.note(
+                f"W{o['wbits']}A{o['abits']} (first/last {o['first_last_bits']}-bit) is accuracy simulation: "
+                "values use the narrower range inside 8-bit storage and ORT runs 8-bit kernels "
+                "(activations below 8 bits add a Clip that stops ORT's QLinear fusion)"
+            )
+        ctx.results["quantize"] = {
+            "wbits": o["wbits"],
+            "abits": o["abits"],
+            "first_last_bits": o["first_last_bits"],
+            "calibration": self._calib_name(),
+            "calibration_samples": int(len(x)),
+            "calibrator": o["calibrator"],
+            "ort_accelerated": accelerated,
+            "activation_tensors": len(act_bits),
+            "relus_absorbed": len(fused),
+            "layers": layers,
+            "left_in_float": skipped,
+        }
+        return graph
+
+    def _calib_name(self) -> str:
+        return "user data" if self.options["calib_data"] is not None else self.options["calib"]
+
+    def _calibration_batch(self, graph: gs.Graph, ctx: Context) -> np.ndarray:
+        o = self.options
+        name, shape = calibration.input_spec(graph)
+        if o["calib_data"] is not None:
+            x = np.asarray(o["calib_data"], np.float32)
+            if x.shape[1:] != shape:
+                raise DfcError(f"calibration data has sample shape {x.shape[1:]}, input {name!r} expects {shape}")
+            return x
+        calibration.check_method(o["calib"])
+        n = int(o["calib_samples"])
+        if n < 1:
+            raise DfcError(f"--calib-samples must be >= 1, got {n}")
+        return calibration.gaussian_samples(shape, n, ctx.rng(salt=1), ctx.input_range())
+
+    @staticmethod
+    def _weight_axis(n: gs.Node) -> int | None:
+        """Output-channel axis of the node's constant weight, or None if it cannot be quantized."""
+        w = ir.const_value(ir.input_at(n, 1))
+        if w is None or w.dtype != np.float32 or not isinstance(n.inputs[0], gs.Variable):
+            return None
+        if n.op == "Conv":
+            return 0
+        if n.op == "Gemm":
+            if int(n.attrs.get("transA", 0)) or w.ndim != 2:
+                return None
+            return 0 if int(n.attrs.get("transB", 0)) else 1
+        return 1 if w.ndim == 2 else None  # MatMul [in, out]
+
+    @staticmethod
+    def _fusable_relus(graph: gs.Graph, weighted: list[gs.Node]) -> dict[str, gs.Node]:
+        """producer-output name -> Relu that can be absorbed into that output's quantizer."""
+        quantized = {id(n) for n in weighted}
+        fused = {}
+        for r in ir.nodes_by_op(graph, "Relu"):
+            x = r.inputs[0]
+            p = ir.producer(x)
+            if p is None or p.op not in FUSABLE_ACTIVATION_PRODUCERS or ir.is_graph_output(graph, r.outputs[0]):
+                continue
+            if p.op != "Add" and id(p) not in quantized:
+                continue
+            if p.op == "Add" and not all(isinstance(t, gs.Variable) for t in p.inputs):
+                continue
+            if ir.single_consumer(x, graph) is r:
+                fused[x.name] = r
+        return fused
+
+    @staticmethod
+    def _shared_params(graph: gs.Graph, act_bits: dict[str, int]) -> dict[str, str]:
+        """Output of a reshaping op / MaxPool -> its quantized input, whose parameters it reuses."""
+        shared: dict[str, str] = {}
+        for n in graph.nodes:
+            if n.op in SHARED_PARAM_OPS and n.outputs[0].name in act_bits:
+                src = n.inputs[0].name
+                src = shared.get(src, src)
+                if src in act_bits:
+                    shared[n.outputs[0].name] = src
+                    act_bits[src] = max(act_bits[src], act_bits[n.outputs[0].name])
+        return shared
+
+    @staticmethod
+    def _act_name(n: gs.Node) -> str:
+        """Name of the float tensor behind the node's (now dequantized) activation input."""
+        t = n.inputs[0]
+        p = ir.producer(t)
+        if p is not None and p.op == "DequantizeLinear":
+            q = ir.producer(p.inputs[0])
+            src = q.inputs[0]
+            cp = ir.producer(src)
+            if cp is not None and cp.op == "Clip":
+                src = cp.inputs[0]
+            return src.name
+        return t.name
+
+    # ------------------------------------------------------------------ edits
+
+    @staticmethod
+    def _insert_qdq(graph: gs.Graph, t: gs.Tensor, p: qm.ActQParams) -> None:
+        base = t.name
+        scale = ir.make_const(ir.unique_name(graph, base + "_scale"), np.array(p.scale, np.float32))
+        zp = ir.make_const(ir.unique_name(graph, base + "_zp"), np.array(p.zero_point, np.uint8))
+        dq_out = gs.Variable(ir.unique_name(graph, base + "_dq"), dtype=np.float32, shape=t.shape)
+        ir.replace_uses(graph, t, dq_out)
+        src = t
+        if p.bits < 8:
+            lo, hi = p.representable_range()
+            src = gs.Variable(ir.unique_name(graph, base + "_clip"), dtype=np.float32, shape=t.shape)
+            graph.nodes.append(
+                gs.Node("Clip", name=base + "_clip", inputs=[t, ir.make_const(base + "_clip_lo", np.array(lo, np.float32)),
+                        ir.make_const(base + "_clip_hi", np.array(hi, np.float32))], outputs=[src])
+            )
+        q_out = gs.Variable(ir.unique_name(graph, base + "_q"), dtype=np.uint8, shape=t.shape)
+        graph.nodes.append(gs.Node("QuantizeLinear", name=base + "_Q", inputs=[src, scale, zp], outputs=[q_out]))
+        graph.nodes.append(gs.Node("DequantizeLinear", name=base + "_DQ", inputs=[q_out, scale, zp], outputs=[dq_out]))
+
+    def _quantize_weights(self, graph: gs.Graph, n: gs.Node, bits: int, x_params: qm.ActQParams) -> dict:
+        axis = self._weight_axis_after_edit(n)
+        w = ir.const_value(n.inputs[1])
+        q, s = qm.quantize_weight(w, bits, axis)
+        err = qm.relative_error(w, qm.dequantize_weight(q, s, axis))
+        n.inputs[1] = self._dq_const(graph, n.name + "_w", q, s, np.zeros(s.shape, np.int8), axis, w.shape)
+        bias_int = False
+        b_in = ir.input_at(n, 2)
+        b = ir.const_value(b_in) if b_in is not None else None
+        plain_gemm = n.op != "Gemm" or (float(n.attrs.get("alpha", 1.0)) == 1.0 and float(n.attrs.get("beta", 1.0)) == 1.0)
+        if b is not None and b.size == s.size and plain_gemm:
+            qb, sb = qm.quantize_bias(b.ravel(), x_params.scale, s)
+            n.inputs[2] = self._dq_const(graph, n.name + "_b", qb, sb, np.zeros(sb.shape, np.int32), 0, (b.size,))
+            bias_int = True
+        return {
+            "node": n.name, "op": n.op, "wbits": bits, "input_bits": x_params.bits,
+            "weight_rel_error": round(err, 6), "int32_bias": bias_int,
+        }
+
+    def _weight_axis_after_edit(self, n: gs.Node) -> int:
+        axis = self._weight_axis(n)
+        assert axis is not None, n.name
+        return axis
+
+    @staticmethod
+    def _dq_const(graph, base, q, scale, zp, axis, shape) -> gs.Variable:
+        out = gs.Variable(ir.unique_name(graph, base + "_dq"), dtype=np.float32, shape=list(shape))
+        attrs = {"axis": int(axis)} if scale.size > 1 else {}
+        graph.nodes.append(
+            gs.Node(
+                "DequantizeLinear", name=base + "_DQ", attrs=attrs,
+                inputs=[ir.make_const(ir.unique_name(graph, base + "_quant"), q.reshape(shape)),
+                        ir.make_const(ir.unique_name(graph, base + "_scale"), scale if scale.size > 1 else scale.reshape(())),
+                        ir.make_const(ir.unique_name(graph, base + "_zp"), zp if zp.size > 1 else zp.reshape(()))],
+                outputs=[out],
+            )
+        )
+        return out
