@@ -1,0 +1,156 @@
+"""`dfc.optimize`: the data-free compression pipeline as a Python call (the CLI is a thin layer on it).
+
+Pipeline: cleanup -> fold-bn -> [prune] -> [compensate] -> [quantize], then validation (fidelity on
+a synthetic probe batch, ORT latency ratio, size/params/MACs) into a report dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from dfc import calibration
+from dfc import quant_math as qm
+from dfc.errors import DfcError, NotImplementedYetError
+from dfc.modelio import as_model, check_model
+from dfc.pipeline import Context, PassManager, context_from_model, get_pass
+
+PRUNE_SCOPES = ("inner", "all")
+CRITERIA = ("l1", "l2", "paoding")
+COMPENSATIONS = ("udfc", "none")
+
+DEFAULTS: dict[str, Any] = {
+    "prune": 0.0,
+    "prune_scope": "inner",
+    "criterion": "l1",
+    "compensate": "none",
+    "wbits": 8,
+    "abits": 8,
+    "first_last_bits": 8,
+    "no_quant": False,
+    "calib": None,  # None = best available data-free calibration
+    "calib_samples": 256,
+    "calib_data": None,
+    "calibrator": "minmax",
+    "seed": 0,
+    "input_mean": None,
+    "input_std": None,
+    "debug": False,
+    "measure": True,  # fidelity probe + latency in the report
+    "probe_samples": 64,
+    "latency_rounds": 10,
+    "threads": 2,
+}
+
+
+def resolve_options(options: dict) -> dict:
+    """Defaults filled in and every option checked, before any work starts."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise DfcError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    if not isinstance(o["prune"], (int, float)) or not 0.0 <= float(o["prune"]) < 1.0:
+        raise DfcError(f"--prune must be a ratio in [0, 1), got {o['prune']!r}")
+    if o["prune_scope"] not in PRUNE_SCOPES:
+        raise DfcError(f"--prune-scope must be one of {', '.join(PRUNE_SCOPES)}, got {o['prune_scope']!r}")
+    if o["criterion"] not in CRITERIA:
+        raise DfcError(f"--criterion must be one of {', '.join(CRITERIA)}, got {o['criterion']!r}")
+    if o["compensate"] not in COMPENSATIONS:
+        raise DfcError(f"--compensate must be one of {', '.join(COMPENSATIONS)}, got {o['compensate']!r}")
+    for key in ("wbits", "abits", "first_last_bits"):
+        qm.check_bits(o[key], f"--{key.replace('_', '-')}")
+    if o["first_last_bits"] < max(o["wbits"], o["abits"]):
+        raise DfcError(
+            f"--first-last-bits {o['first_last_bits']} is below the body's width (W{o['wbits']}A{o['abits']}); "
+            "the first and last layers are the most sensitive"
+        )
+    if o["calib"] is not None:
+        calibration.check_method(o["calib"])
+    if o["calibrator"] not in calibration.CALIBRATORS:
+        raise DfcError(f"--calibrator must be one of {', '.join(calibration.CALIBRATORS)}, got {o['calibrator']!r}")
+    if o["prune"] > 0:
+        raise NotImplementedYetError("--prune", "channel surgery is not built yet")
+    if o["compensate"] == "udfc":
+        raise NotImplementedYetError("--compensate udfc", "use --compensate none")
+    return o
+
+
+def build_passes(o: dict, ctx: Context) -> list:
+    passes = [get_pass("cleanup"), get_pass("fold-bn")]
+    if not o["no_quant"]:
+        calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
+        passes.append(
+            get_pass(
+                "quantize", wbits=o["wbits"], abits=o["abits"], first_last_bits=o["first_last_bits"],
+                calib=calib, calib_samples=o["calib_samples"], calib_data=o["calib_data"], calibrator=o["calibrator"],
+            )
+        )
+    return passes
+
+
+def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dict]:
+    """Run the pipeline; returns (optimized model, report dict). The input is never modified."""
+    from dfc.stats import model_summary
+
+    o = resolve_options(options)
+    original = as_model(model_or_path)
+    ctx = context_from_model(original, seed=int(o["seed"]), debug=bool(o["debug"]))
+    if o["input_mean"] is not None or o["input_std"] is not None:
+        from dfc.validation import check_normalisation
+
+        mean = np.asarray(o["input_mean"], np.float32).ravel() if o["input_mean"] is not None else None
+        std = np.asarray(o["input_std"], np.float32).ravel() if o["input_std"] is not None else None
+        check_normalisation(mean, std, _input_channels(original))
+        ctx.input_mean, ctx.input_std = mean, std
+    ctx.bn_stats_found = ctx.bn_stats_found or any(n.op_type == "BatchNormalization" for n in original.graph.node)
+    optimized = PassManager(build_passes(o, ctx), debug=o["debug"]).run(original, ctx)
+    check_model(optimized, what="the optimized model")
+    report = {
+        "options": {k: v for k, v in o.items() if k != "calib_data"},
+        "passes": ctx.results,
+        "notes": list(ctx.notes),
+        "before": model_summary(original),
+        "after": model_summary(optimized),
+    }
+    if o["measure"]:
+        report.update(measure(original, optimized, ctx, o))
+    return optimized, report
+
+
+def optimize(model_or_path, **options) -> onnx.ModelProto:
+    """Compress a model data-free. Options (defaults): prune=0, prune_scope='inner', criterion='l1',
+    compensate='none', wbits=8, abits=8, first_last_bits=8, no_quant=False, calib=None (best
+    available), calib_samples=256, calibrator='minmax', seed=0, input_mean/input_std=None."""
+    return optimize_with_report(model_or_path, **{"measure": False, **options})[0]
+
+
+def _input_channels(model: onnx.ModelProto) -> int | None:
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    return dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
+
+
+def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context, o: dict) -> dict:
+    """Fidelity on a Gaussian probe batch and the ORT latency ratio, both against the original."""
+    from dfc import ir
+    from dfc.latency import median_latencies
+    from dfc.validation import fidelity, logits_of
+
+    try:
+        _, shape = calibration.input_spec(ir.import_graph(original))
+    except DfcError as e:
+        ctx.note(f"no fidelity/latency measurement: {e}")
+        return {"notes": list(ctx.notes)}
+    n = int(o["probe_samples"])
+    x = calibration.gaussian_samples(shape, n, ctx.rng(salt=2), ctx.input_range())
+    fid = fidelity(logits_of(original, x), logits_of(optimized, x))
+    out: dict = {"fidelity": {"probe": "gaussian", "samples": n, **fid}}
+    if o["latency_rounds"] > 0:
+        med = median_latencies({"original": original, "optimized": optimized}, x, threads=o["threads"],
+                               rounds=o["latency_rounds"], progress="latency")
+        out["latency"] = {
+            "original_ms": 1e3 * med["original"], "optimized_ms": 1e3 * med["optimized"],
+            "ratio": med["optimized"] / med["original"], "batch": n, "threads": o["threads"], "rounds": o["latency_rounds"],
+        }
+    return out

@@ -1,0 +1,179 @@
+"""`dfc` command line: optimize, eval, inspect.
+
+Exit codes: 0 success; 2 bad input or usage (the message names the file, node or option);
+1 internal error (one-line hint; `--debug` prints the traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from dfc import __version__
+from dfc.errors import DfcError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: exit 2 with our prefix
+        self.print_usage(sys.stderr)
+        raise SystemExit(_fail(f"{self.prog}: {message}", EXIT_USAGE))
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"dfc: error: {msg}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dfc", description="Data-free compression compiler for ONNX models.")
+    p.add_argument("--version", action="version", version=f"dfc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    o = sub.add_parser("optimize", help="compress a model: prune, compensate, quantize (no data needed)")
+    o.add_argument("input", help="input .onnx model (never modified)")
+    o.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    o.add_argument("--force", action="store_true", help="allow the output to overwrite the input file")
+    o.add_argument("--prune", type=float, help="fraction of the scope's channels to remove, in [0, 1) (default 0)")
+    o.add_argument("--prune-scope", choices=["inner", "all"], help="inner: block-private channels; all: residual streams too")
+    o.add_argument("--criterion", choices=["l1", "l2", "paoding"], help="channel ranking (default l1)")
+    o.add_argument("--compensate", choices=["udfc", "none"], help="data-free compensation (default none)")
+    o.add_argument("--wbits", type=int, help="weight bit width 2-8 (default 8)")
+    o.add_argument("--abits", type=int, help="activation bit width 2-8 (default 8)")
+    o.add_argument("--first-last-bits", type=int, help="bit width of the first and last layers (default 8)")
+    o.add_argument("--no-quant", action="store_true", help="no quantization (float output)")
+    o.add_argument("--calib", choices=["bns", "gaussian", "inception", "bns+inception"],
+                   help="synthetic calibration data (default: best available)")
+    o.add_argument("--calib-samples", type=int, help="number of calibration samples (default 256)")
+    o.add_argument("--calibrator", choices=["minmax", "percentile", "mse"], help="activation range rule (default minmax)")
+    o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    o.add_argument("--input-mean", help="per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406")
+    o.add_argument("--input-std", help="per-channel std of the input normalisation")
+    o.add_argument("--report", help="write the JSON report here")
+    o.add_argument("--no-measure", action="store_true", help="skip the fidelity probe and latency measurement")
+    o.add_argument("--debug", action="store_true", help="check validity after every pass; tracebacks on errors")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+
+    e = sub.add_parser("eval", help="top-1 on labelled images; agreement with a reference model")
+    e.add_argument("model")
+    e.add_argument("--data", required=True, help=".npz with `images` uint8 [N,H,W,C] and `labels`")
+    e.add_argument("--mean", help="per-channel mean (default: the model's dfc metadata)")
+    e.add_argument("--std", help="per-channel std (default: the model's dfc metadata)")
+    e.add_argument("--reference", help="reference model (e.g. the fp32 original) for agreement and KL")
+    e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    e.add_argument("--debug", action="store_true")
+
+    i = sub.add_parser("inspect", help="per-layer table: op, shapes, params, MACs, BN, quantized")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--debug", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="dfc: %(message)s")
+    try:
+        return {"optimize": cmd_optimize, "eval": cmd_eval, "inspect": cmd_inspect}[args.command](args)
+    except DfcError as err:
+        return _fail(str(err), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted; no output was written", EXIT_INTERRUPTED)
+    except Exception as err:  # internal error: one line, traceback with --debug
+        if getattr(args, "debug", False):
+            raise
+        return _fail(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", EXIT_INTERNAL)
+
+
+def cmd_optimize(args) -> int:
+    from dfc import progress
+    from dfc.api import optimize_with_report
+    from dfc.modelio import load_model, save_model_atomic
+    from dfc.report import summary_table, write_json_atomic
+    from dfc.validation import parse_floats
+
+    src, dst = Path(args.input), Path(args.output)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not args.force:
+        raise DfcError(f"-o {dst} is the input file; refusing to overwrite it (use --force)")
+    if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits, args.calib)):
+        raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits/--calib")
+    progress.set_enabled(not args.quiet)
+    model = load_model(src)
+    optimized, report = optimize_with_report(
+        model,
+        prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
+        wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
+        calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, seed=args.seed,
+        input_mean=parse_floats(args.input_mean, "--input-mean"), input_std=parse_floats(args.input_std, "--input-std"),
+        debug=args.debug, measure=not args.no_measure,
+    )
+    report["input"], report["output"] = str(src), str(dst)
+    report["after"]["size_bytes"] = save_model_atomic(optimized, dst)
+    if args.report:
+        write_json_atomic(report, args.report)
+    if not args.quiet:
+        print(f"wrote {dst}")
+        print(summary_table(report))
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from dfc.modelio import load_model
+    from dfc.pipeline import context_from_model
+    from dfc.validation import (check_input_shape, check_normalisation, fidelity, load_eval_data, logits_of,
+                                parse_floats, preprocess, top1)
+
+    model = load_model(args.model)
+    images, labels = load_eval_data(args.data)
+    mean, std = parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
+    if mean is None and std is None:
+        ctx = context_from_model(model)
+        mean, std = ctx.input_mean, ctx.input_std
+        if mean is None:
+            raise DfcError(f"{args.model}: no input normalisation in the model's metadata; give --mean and --std")
+    check_normalisation(mean, std, images.shape[-1])
+    x = preprocess(images, mean, std)
+    check_input_shape(model, x, f"--data {args.data}")
+    logits = logits_of(model, x, progress=None if args.json else "eval")
+    result = {"model": args.model, "data": args.data, "n": int(len(labels)), "top1": top1(logits, labels)}
+    if args.reference:
+        ref = load_model(args.reference)
+        check_input_shape(ref, x, f"--data {args.data}")
+        result.update(fidelity(logits_of(ref, x), logits))
+        result["reference_top1"] = top1(logits_of(ref, x), labels)
+    lines = [f"top-1: {100 * result['top1']:.2f} % on {result['n']} images"]
+    if args.reference:
+        lines.append(f"reference top-1: {100 * result['reference_top1']:.2f} %")
+        lines.append(f"agreement with reference: {100 * result['agreement']:.2f} %  mean KL: {result['mean_kl']:.5f}")
+    print("\n".join(lines))
+    if args.json:
+        print(json.dumps(result))
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from dfc.modelio import load_model
+    from dfc.report import human, layer_table
+    from dfc.stats import layer_stats, model_summary, rows_as_dicts
+
+    model = load_model(args.model)
+    rows = rows_as_dicts(layer_stats(model))
+    totals = model_summary(model)
+    if args.json:
+        print(json.dumps({"layers": rows, "totals": totals}))
+        return EXIT_OK
+    print(layer_table(rows))
+    print(
+        f"total: {totals['layers']} weighted layers ({totals['quantized_layers']} quantized), "
+        f"{human(totals['weight_params'])} weight params, {human(totals['macs'])} MACs/sample, "
+        f"{human(totals['size_bytes'], 'B')}, {totals['bn_nodes']} BatchNormalization nodes"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Human-readable tables (summary after `optimize`, layer table of `inspect`) and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def table(header: list[str], rows: list[list], align: str | None = None) -> str:
+    """A plain monospace table; `align` is one char per column, 'l' or 'r'."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    align = align or "l" + "r" * (len(header) - 1)
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align))
+
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def summary_table(report: dict) -> str:
+    b, a = report["before"], report["after"]
+
+    def ratio(x, y):
+        return f"{y / x:.2f}x" if x else "-"
+
+    rows = [
+        ["weight params", human(b["weight_params"]), human(a["weight_params"]), ratio(b["weight_params"], a["weight_params"])],
+        ["size on disk", human(b["size_bytes"], "B"), human(a["size_bytes"], "B"), ratio(b["size_bytes"], a["size_bytes"])],
+        ["MACs / sample", human(b["macs"]), human(a["macs"]), ratio(b["macs"], a["macs"])],
+    ]
+    lat = report.get("latency")
+    if lat:
+        rows.append(["ORT latency", f"{lat['original_ms']:.2f} ms", f"{lat['optimized_ms']:.2f} ms", f"{lat['ratio']:.2f}x"])
+    out = [table(["", "original", "optimized", "ratio"], rows)]
+    if lat:
+        out.append(f"latency: batch {lat['batch']}, {lat['threads']} intra-op threads, median of {lat['rounds']} alternating runs")
+    fid = report.get("fidelity")
+    if fid:
+        out.append(
+            f"fidelity on a synthetic probe ({fid['samples']} {fid['probe']} samples, no real data): "
+            f"top-1 agreement {100 * fid['agreement']:.1f} %, mean KL {fid['mean_kl']:.4f}, max |dlogit| {fid['max_abs_diff']:.4f}"
+        )
+    for note in report.get("notes", []):
+        out.append(f"note: {note}")
+    return "\n".join(out)
+
+
+def layer_table(rows: list[dict]) -> str:
+    body = [
+        [r["name"], r["op"], "x".join(map(str, r["input_shape"])), "x".join(map(str, r["output_shape"])),
+         human(r["params"]), human(r["macs"]), "yes" if r["bn"] else "no",
+         f"int{r['wbits']}" if r["quantized"] else "float"]
+        for r in rows
+    ]
+    return table(["layer", "op", "input", "output", "params", "MACs", "BN", "weights"], body, "llllrrll")
+
+
+def write_json_atomic(obj: dict, path: str | os.PathLike) -> None:
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
