@@ -147,10 +147,10 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
     fid = fidelity(logits_of(original, x), logits_of(optimized, x))
     out: dict = {"fidelity": {"probe": "gaussian", "samples": n, **fid}}
     if o["latency_rounds"] > 0:
-        med = median_latencies({"original": original, "optimized": optimized}, x, threads=o["threads"],
+        med, batch = median_latencies({"original": original, "optimized": optimized}, x, threads=o["threads"],
                                rounds=o["latency_rounds"], progress="latency")
         out["latency"] = {
             "original_ms": 1e3 * med["original"], "optimized_ms": 1e3 * med["optimized"],
-            "ratio": med["optimized"] / med["original"], "batch": n, "threads": o["threads"], "rounds": o["latency_rounds"],
+            "ratio": med["optimized"] / med["original"], "batch": batch, "threads": o["threads"], "rounds": o["latency_rounds"],
         }
     return out

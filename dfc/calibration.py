@@ -71,7 +71,7 @@ def collect_ranges(
 ) -> dict[str, tuple[float, float]]:
     """Per-tensor (lo, hi) of `names` over the calibration batch `x`, by running ORT."""
     from dfc.progress import progress_bar
-    from dfc.runtime import make_session
+    from dfc.runtime import fixed_batch, make_session, run_batched
 
     if calibrator not in CALIBRATORS:
         raise DfcError(f"unknown calibrator {calibrator!r}; choose from {', '.join(CALIBRATORS)}")
@@ -82,15 +82,15 @@ def collect_ranges(
         if n not in existing:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
     sess = make_session(probe, optimize=False)
-    in_name = sess.get_inputs()[0].name
     lo = {n: [] for n in names}
     hi = {n: [] for n in names}
     kept = {n: [] for n in names}
+    batch = fixed_batch(sess) or batch
     starts = range(0, len(x), batch)
     rng = np.random.default_rng(0)
     per_batch = max(1, MSE_SAMPLES // max(1, len(starts)))
     for s in progress_bar(starts, desc="calibrating", total=len(starts)):
-        outs = sess.run(names, {in_name: x[s : s + batch]})
+        outs = run_batched(sess, x[s : s + batch], batch, outputs=names)
         for n, v in zip(names, outs):
             v = v.ravel()
             if calibrator in ("minmax", "mse"):

@@ -13,19 +13,23 @@ import numpy as np
 import onnx
 
 
-def median_latencies(
+def median_latencies(  # noqa: PLR0913
     models: dict[str, onnx.ModelProto | str],
     x: np.ndarray,
     threads: int = 2,
     rounds: int = 20,
     warmup: int = 2,
     progress: str | None = None,
-) -> dict[str, float]:
-    """name -> median seconds of one `session.run` on batch `x`, alternating between models."""
+) -> tuple[dict[str, float], int]:
+    """(name -> median seconds of one `session.run` on batch `x`, batch size used), alternating
+    between models."""
     from dfc.progress import progress_bar
-    from dfc.runtime import make_session
+    from dfc.runtime import fixed_batch, make_session
 
     sessions = {k: make_session(m, threads=threads) for k, m in models.items()}
+    fixed = {fixed_batch(s) for s in sessions.values()} - {None}
+    if fixed:  # a model with a fixed batch size is timed at that batch size
+        x = x[: min(fixed)]
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for _ in range(warmup):
         for k, s in sessions.items():
@@ -36,7 +40,7 @@ def median_latencies(
             t0 = time.perf_counter()
             s.run(None, feeds[k])
             times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {k: float(np.median(v)) for k, v in times.items()}, int(len(x))
 
 
 def latency_ratios(medians: dict[str, float], reference: str) -> dict[str, float]:

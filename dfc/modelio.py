@@ -45,17 +45,35 @@ def as_model(model_or_path) -> onnx.ModelProto:
 
 
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:
-    """Validity = onnx checker + an ORT session that can be created (raises DfcError otherwise)."""
+    """Validity = onnx checker with strict shape inference + an ORT session that runs one probe
+    sample (when every input has a fixed per-sample shape). Raises DfcError naming `what`."""
     from dfc.runtime import make_session
 
     try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise DfcError(f"{what} fails the ONNX checker: {e}") from e
     try:
-        make_session(model)
+        sess = make_session(model)
+        feeds = _probe_feeds(sess)
+        if feeds is not None:
+            sess.run(None, feeds)
     except Exception as e:  # ORT raises several unrelated exception types
         raise DfcError(f"{what} is not accepted by ONNX Runtime: {e}") from e
+
+
+def _probe_feeds(sess) -> dict | None:
+    """One zero sample per float input, or None when a shape is not fixed past the batch axis."""
+    import numpy as np
+
+    feeds = {}
+    for i in sess.get_inputs():
+        dims = list(i.shape)
+        if i.type != "tensor(float)" or not dims or any(not isinstance(d, int) for d in dims[1:]):
+            return None
+        batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 1
+        feeds[i.name] = np.zeros([batch] + dims[1:], np.float32)
+    return feeds
 
 
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> int:

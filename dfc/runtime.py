@@ -27,12 +27,27 @@ def run_batched(
     outputs: list[str] | None = None,
     progress: str | None = None,
 ) -> list[np.ndarray]:
-    """Run `session` on `x` (first input) in chunks of `batch`; returns the outputs concatenated."""
+    """Run `session` on `x` (first input) in chunks of `batch`; returns the outputs concatenated.
+
+    A model with a fixed batch dimension b gets chunks of exactly b (the last one padded by
+    repeating samples, whose outputs are dropped)."""
     from dfc.progress import progress_bar
 
     name = session.get_inputs()[0].name
+    fixed = fixed_batch(session)
+    batch = fixed or batch
     chunks: list[list[np.ndarray]] = []
     starts = range(0, len(x), batch)
     for s in progress_bar(starts, desc=progress, total=len(starts)):
-        chunks.append(session.run(outputs, {name: x[s : s + batch]}))
+        xb = x[s : s + batch]
+        n = len(xb)
+        if fixed and n < fixed:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - n, axis=0)])
+        chunks.append([o[:n] for o in session.run(outputs, {name: xb})])
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The first input's batch size when the model fixes it, else None."""
+    shape = session.get_inputs()[0].shape
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None

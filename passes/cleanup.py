@@ -6,7 +6,8 @@ Exact. Steps:
    onnx-graphsurgeon's `fold_constants` (ORT underneath) - a well-kept implementation of exactly
    this, rather than a hand-written evaluator;
 2. Identity and inference-mode Dropout nodes bypassed;
-3. ReduceMean over all spatial axes of a 4-D tensor rewritten as GlobalAveragePool (+ Flatten when
+3. every unnamed node gets a unique name (`<Op>_<k>`), so errors and reports can name it;
+4. ReduceMean over all spatial axes of a 4-D tensor rewritten as GlobalAveragePool (+ Flatten when
    keepdims=0), the form ONNX Runtime's quantized kernels recognise.
 """
 
@@ -31,6 +32,7 @@ class Cleanup(Pass):
         graph = ir.infer_shapes(graph)
         graph.fold_constants(fold_shapes=True, error_ok=True)
         ir.tidy(graph)
+        named = self._name_nodes(graph)
         removed = self._bypass_noops(graph)
         pools = self._reduce_mean_to_gap(graph)
         ir.tidy(graph)
@@ -38,9 +40,24 @@ class Cleanup(Pass):
             "nodes_before": before,
             "nodes_after": len(graph.nodes),
             "noops_removed": removed,
+            "nodes_named": named,
             "reducemean_to_gap": pools,
         }
         return graph
+
+    @staticmethod
+    def _name_nodes(graph: gs.Graph) -> int:
+        taken = {n.name for n in graph.nodes if n.name}
+        count = 0
+        for n in graph.nodes:
+            if not n.name:
+                k = 0
+                while f"{n.op}_{k}" in taken:
+                    k += 1
+                n.name = f"{n.op}_{k}"
+                taken.add(n.name)
+                count += 1
+        return count
 
     @staticmethod
     def _bypass_noops(graph: gs.Graph) -> int:
