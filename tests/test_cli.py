@@ -1,0 +1,127 @@
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import DEMO, rand, run
+from dfc.cli import main
+
+
+def _sha(p):
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+    from dfc.models.digits_cnn import load_digits_split
+
+    d = load_digits_split()
+    p = tmp_path_factory.mktemp("data") / "digits_test.npz"
+    np.savez(p, images=d["test_images"], labels=d["test_labels"])
+    return p
+
+
+def test_optimize_demo_writes_model_report_and_summary(tmp_path, capsys):
+    out, rep = tmp_path / "d.onnx", tmp_path / "r.json"
+    before = _sha(DEMO)
+    assert main(["optimize", str(DEMO), "-o", str(out), "--report", str(rep), "-q"]) == 0
+    assert _sha(DEMO) == before  # the input is never modified
+    onnx.checker.check_model(onnx.load(out))
+    r = json.loads(rep.read_text())
+    assert r["after"]["size_bytes"] < r["before"]["size_bytes"]
+    assert r["after"]["quantized_layers"] == r["after"]["layers"] == 4
+    assert 0 < r["latency"]["ratio"] and 0.9 <= r["fidelity"]["agreement"] <= 1.0
+    assert r["passes"]["quantize"]["wbits"] == 8
+    main(["optimize", str(DEMO), "-o", str(out)])
+    text = capsys.readouterr().out
+    assert "size on disk" in text and "ORT latency" in text and "agreement" in text
+
+
+def test_eval_json_last_line(tmp_path, digits_npz, capsys):
+    out = tmp_path / "d.onnx"
+    assert main(["optimize", str(DEMO), "-o", str(out), "-q", "--no-measure"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(digits_npz), "--reference", str(DEMO), "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    res = json.loads(last)
+    assert res["n"] == 360 and res["top1"] > 0.95 and res["agreement"] > 0.97
+
+
+def test_inspect_table_and_json(capsys):
+    assert main(["inspect", str(DEMO)]) == 0
+    text = capsys.readouterr().out
+    assert "Conv" in text and "Gemm" in text and "3 BatchNormalization nodes" in text
+    assert main(["inspect", str(DEMO), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["totals"]["layers"] == 4 and all(r["bn"] for r in d["layers"] if r["op"] == "Conv")
+
+
+def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
+    out = tmp_path / "f.onnx"
+    assert main(["optimize", str(DEMO), "-o", str(out), "--no-quant", "-q"]) == 0
+    m = onnx.load(out)
+    assert not any(n.op_type == "BatchNormalization" for n in m.graph.node)
+    x = rand((16, 1, 8, 8))
+    assert np.abs(run(m, x) - run(str(DEMO), x)).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prune", "0.3"], "--prune is not implemented yet"),
+        (["--compensate", "udfc"], "--compensate udfc is not implemented yet"),
+        (["--calib", "bns"], "--calib bns is not implemented yet"),
+        (["--prune", "1.5"], "--prune must be a ratio in [0, 1)"),
+        (["--wbits", "9"], "--wbits must be an integer bit width in 2..8"),
+        (["--abits", "1"], "--abits must be an integer bit width in 2..8"),
+        (["--wbits", "8", "--first-last-bits", "6"], "below the body's width"),
+        (["--no-quant", "--wbits", "4"], "--no-quant conflicts"),
+        (["--input-mean", "0.5,0.5", "--input-std", "0.5,0.5"], "the model input has 1 channels"),
+        (["--input-mean", "a"], "--input-mean: expected comma-separated numbers"),
+    ],
+)
+def test_bad_options_exit_2_and_write_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(DEMO), "-o", str(out), "-q", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_files_exit_2_naming_the_file(tmp_path, capsys):
+    missing = tmp_path / "missing.onnx"
+    assert main(["optimize", str(missing), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    trunc = tmp_path / "truncated.onnx"
+    trunc.write_bytes(DEMO.read_bytes()[:1000])
+    assert main(["optimize", str(trunc), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert "truncated.onnx" in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()
+
+
+def test_output_equal_to_input_is_refused_without_force(tmp_path, capsys):
+    copy = tmp_path / "m.onnx"
+    copy.write_bytes(DEMO.read_bytes())
+    before = _sha(copy)
+    assert main(["optimize", str(copy), "-o", str(copy), "-q"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err and _sha(copy) == before
+    assert main(["optimize", str(copy), "-o", str(copy), "-q", "--force", "--no-measure"]) == 0
+    assert _sha(copy) != before
+
+
+def test_eval_errors_name_the_problem(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, pics=np.zeros((2, 8, 8, 1), np.uint8))
+    assert main(["eval", str(DEMO), "--data", str(bad)]) == 2
+    assert "missing array(s) images, labels" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, images=np.zeros((2, 9, 9, 1), np.uint8), labels=np.zeros(2, np.int64))
+    assert main(["eval", str(DEMO), "--data", str(wrong)]) == 2
+    assert "the model expects" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    r = subprocess.run([sys.executable, "-m", "dfc.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "dfc" in r.stdout

@@ -1,0 +1,39 @@
+import collections
+
+import numpy as np
+import onnx
+import torch
+
+from conftest import DEMO, rand, run, shared_file
+from dfc.models.cifar_resnet import CifarResNet, load_checkpoint
+from dfc.models.digits_cnn import DigitsCNN
+from dfc.models.export import export_keep_bn
+
+
+def test_checkpoint_loads_and_matches_shared_onnx():
+    m = load_checkpoint(str(shared_file("models/resnet20_cifar10.th")), 20)
+    x = rand((4, 3, 32, 32))
+    ref = run(str(shared_file("models/resnet20_cifar10.onnx")), x)
+    np.testing.assert_allclose(m(torch.from_numpy(x)).detach().numpy(), ref, atol=1e-4)
+
+
+def test_export_keeps_bn_and_writes_normalisation(tmp_path):
+    model = CifarResNet(20).eval()
+    path = tmp_path / "r20.onnx"
+    m = export_keep_bn(model, torch.randn(1, 3, 32, 32), str(path), mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    assert ops["BatchNormalization"] == 19 and ops["Conv"] == 19
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["dfc.input_mean"] == "0.5,0.5,0.5"
+    x = rand((2, 3, 32, 32))
+    np.testing.assert_allclose(run(str(path), x), model(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+
+
+def test_shipped_demo_model_is_small_valid_and_accurate(digits_test):
+    assert DEMO.stat().st_size < 300_000
+    m = onnx.load(str(DEMO))
+    onnx.checker.check_model(m)
+    assert sum(n.op_type == "BatchNormalization" for n in m.graph.node) == 3
+    x, y = digits_test
+    assert (run(m, x).argmax(1) == y).mean() >= 0.95
+    assert sum(p.numel() for p in DigitsCNN().parameters()) < 20_000

@@ -1,0 +1,117 @@
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import DEMO, conv_bn_relu_cnn, rand, run
+from dfc.errors import DfcError
+from dfc.modelio import check_model, load_model
+from dfc.pipeline import Context, PassManager, context_from_model, get_pass
+
+
+def _quantize(m, ctx=None, **opts):
+    ctx = ctx or context_from_model(m)
+    return PassManager(["cleanup", "fold-bn", get_pass("quantize", **opts)], debug=True).run(m, ctx), ctx
+
+
+def _ort_fused_ops(model, tmp_path) -> collections.Counter:
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def test_w8a8_graph_form_is_fused_by_ort(tmp_path):
+    q, ctx = _quantize(conv_bn_relu_cnn())
+    ops = collections.Counter(n.op_type for n in q.graph.node)
+    assert ops["Relu"] == 0  # both Relus absorbed into output quantizers
+    assert ctx.results["quantize"]["relus_absorbed"] == 2
+    fused = _ort_fused_ops(q, tmp_path)
+    assert fused["QLinearConv"] == 2 and fused["QLinearAdd"] == 1 and fused["QGemm"] == 1
+    assert fused["Conv"] == 0
+
+
+def test_weights_are_int8_per_channel_and_bias_int32():
+    q, _ = _quantize(conv_bn_relu_cnn())
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    dq_weight_inputs = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None]
+    kinds = collections.Counter(inits[n.input[0]].dtype.name for n in dq_weight_inputs)
+    assert kinds["int8"] == 3 and kinds["int32"] == 3
+    for n in dq_weight_inputs:
+        codes = inits[n.input[0]]
+        if codes.dtype == np.int8:
+            assert codes.min() >= -127 and inits[n.input[1]].size == codes.shape[0]  # one scale per output channel
+
+
+def test_demo_model_w8a8_keeps_accuracy(digits_test):
+    x, y = digits_test
+    m = load_model(DEMO)
+    q, ctx = _quantize(m)
+    fp = (run(m, x).argmax(1) == y).mean()
+    qa = (run(q, x).argmax(1) == y).mean()
+    assert fp > 0.95
+    assert qa >= fp - 0.01, (fp, qa)
+    assert ctx.results["quantize"]["ort_accelerated"] is True
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+def test_every_bit_width_gives_a_valid_model_with_error_shrinking_in_bits(bits):
+    m = conv_bn_relu_cnn()
+    x = rand((32, 3, 8, 8), seed=3)
+    ref = run(m, x)
+    q, ctx = _quantize(m, wbits=bits, abits=bits, first_last_bits=8)
+    check_model(q)
+    err = np.abs(run(q, x) - ref).mean()
+    q8, _ = _quantize(m)
+    err8 = np.abs(run(q8, x) - ref).mean()
+    assert err >= err8 * 0.999
+    if bits < 8:
+        assert ctx.results["quantize"]["ort_accelerated"] is False
+        assert any("accuracy simulation" in n for n in ctx.notes)
+    bits_of = {l["node"]: l["wbits"] for l in ctx.results["quantize"]["layers"]}
+    assert bits_of["conv1"] == 8 and bits_of["fc"] == 8 and bits_of["conv2"] == bits
+
+
+def test_low_bit_activations_are_clipped_to_their_range():
+    m = conv_bn_relu_cnn()
+    q, _ = _quantize(m, wbits=4, abits=3, first_last_bits=8)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    quant_nodes = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    prods = {o: n for n in q.graph.node for o in n.output}
+    clipped = [n for n in quant_nodes if n.input[0] in prods and prods[n.input[0]].op_type == "Clip"]
+    assert clipped, "3-bit activations need a Clip in front of their QuantizeLinear"
+    for n in clipped:
+        s, z = float(inits[n.input[1]]), int(inits[n.input[2]])
+        hi = float(inits[prods[n.input[0]].input[2]])
+        assert round(hi / s) + z == 7
+
+
+def test_calibration_modes_and_user_data():
+    m = conv_bn_relu_cnn()
+    x = rand((8, 3, 8, 8))
+    for calibrator in ("minmax", "percentile", "mse"):
+        q, ctx = _quantize(m, calibrator=calibrator, calib_samples=16)
+        assert ctx.results["quantize"]["calibrator"] == calibrator
+        check_model(q)
+    _, ctx = _quantize(m, calib_data=x)
+    assert ctx.results["quantize"]["calibration"] == "user data" and ctx.results["quantize"]["calibration_samples"] == 8
+    with pytest.raises(DfcError, match="sample shape"):
+        _quantize(m, calib_data=rand((4, 3, 9, 9)))
+
+
+def test_already_quantized_model_is_refused():
+    q, _ = _quantize(conv_bn_relu_cnn())
+    with pytest.raises(DfcError, match="already quantized"):
+        _quantize(q, ctx=Context())
+
+
+def test_same_seed_same_bytes_different_seed_different_calibration():
+    m = conv_bn_relu_cnn()
+    a, _ = _quantize(m, ctx=Context(seed=1))
+    b, _ = _quantize(m, ctx=Context(seed=1))
+    c, _ = _quantize(m, ctx=Context(seed=2))
+    assert a.SerializeToString() == b.SerializeToString()
+    assert a.SerializeToString() != c.SerializeToString()
