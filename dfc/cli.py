@@ -143,8 +143,9 @@ def cmd_eval(args) -> int:
     if args.reference:
         ref = load_model(args.reference)
         check_input_shape(ref, x, f"--data {args.data}")
-        result.update(fidelity(logits_of(ref, x), logits))
-        result["reference_top1"] = top1(logits_of(ref, x), labels)
+        ref_logits = logits_of(ref, x)
+        result.update(fidelity(ref_logits, logits))
+        result["reference_top1"] = top1(ref_logits, labels)
     lines = [f"top-1: {100 * result['top1']:.2f} % on {result['n']} images"]
     if args.reference:
         lines.append(f"reference top-1: {100 * result['reference_top1']:.2f} %")

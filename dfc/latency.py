@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 
-def median_latencies(  # noqa: PLR0913
+def median_latencies(
     models: dict[str, onnx.ModelProto | str],
     x: np.ndarray,
     threads: int = 2,

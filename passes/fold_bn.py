@@ -88,12 +88,7 @@ class FoldBN(Pass):
         kk = k.reshape((-1,) + (1,) * (w.ndim - 1))
         new_w = (w.astype(np.float64) * kk).astype(w.dtype)
         new_b = (k * (b.astype(np.float64) - s.mean) + s.beta).astype(w.dtype)
-        conv.inputs[1] = ir.make_const(conv.name + "_w_bnfold", new_w)
-        bias = ir.make_const(conv.name + "_b_bnfold", new_b)
-        if len(conv.inputs) > 2:
-            conv.inputs[2] = bias
-        else:
-            conv.inputs.append(bias)
+        _set_weight_and_bias(conv, new_w, new_b)
         return True
 
     @staticmethod
@@ -114,12 +109,7 @@ class FoldBN(Pass):
         scale = k[:, None] if trans_b else k[None, :]
         new_w = (w.astype(np.float64) * scale).astype(w.dtype)
         new_c = (k * (beta_g * c - s.mean) + s.beta).astype(w.dtype)
-        gemm.inputs[1] = ir.make_const(gemm.name + "_w_bnfold", new_w)
-        bias = ir.make_const(gemm.name + "_b_bnfold", new_c)
-        if len(gemm.inputs) > 2:
-            gemm.inputs[2] = bias
-        else:
-            gemm.inputs.append(bias)
+        _set_weight_and_bias(gemm, new_w, new_c)
         gemm.attrs["beta"] = 1.0
         return True
 
@@ -154,3 +144,13 @@ class FoldBN(Pass):
         graph.nodes.append(
             gs.Node("Add", name=bn.name + "_shift", inputs=[mul_out, ir.make_const(bn.name + "_shift_c", shift.reshape(shape).astype(dtype))], outputs=[y])
         )
+
+
+def _set_weight_and_bias(node: gs.Node, w: np.ndarray, b: np.ndarray) -> None:
+    """Give a Conv/Gemm new constant inputs 1 (weight) and 2 (bias, appended when absent)."""
+    node.inputs[1] = ir.make_const(node.name + "_w_bnfold", w)
+    bias = ir.make_const(node.name + "_b_bnfold", b)
+    if len(node.inputs) > 2:
+        node.inputs[2] = bias
+    else:
+        node.inputs.append(bias)

@@ -254,7 +254,7 @@ class Quantize(Pass):
         graph.nodes.append(gs.Node("DequantizeLinear", name=base + "_DQ", inputs=[q_out, scale, zp], outputs=[dq_out]))
 
     def _quantize_weights(self, graph: gs.Graph, n: gs.Node, bits: int, x_params: qm.ActQParams) -> dict:
-        axis = self._weight_axis_after_edit(n)
+        axis = self._weight_axis(n)
         w = ir.const_value(n.inputs[1])
         q, s = qm.quantize_weight(w, bits, axis)
         err = qm.relative_error(w, qm.dequantize_weight(q, s, axis))
@@ -271,11 +271,6 @@ class Quantize(Pass):
             "node": n.name, "op": n.op, "wbits": bits, "input_bits": x_params.bits,
             "weight_rel_error": round(err, 6), "int32_bias": bias_int,
         }
-
-    def _weight_axis_after_edit(self, n: gs.Node) -> int:
-        axis = self._weight_axis(n)
-        assert axis is not None, n.name
-        return axis
 
     @staticmethod
     def _dq_const(graph, base, q, scale, zp, axis, shape) -> gs.Variable:
