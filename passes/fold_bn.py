@@ -34,8 +34,8 @@ class FoldBN(Pass):
         elif not ctx.bn_stats_found:
             ctx.note(
                 "no BatchNormalization statistics found (no BN nodes, no dfc metadata): "
-                "BN-based data-free features fall back (calibration uses Gaussian noise; "
-                "UDFC uses weights only)"
+                "the data-free features that need them fall back (calibration uses Gaussian noise "
+                "in the model's input space instead of BN-matched synthetic data)"
             )
         folded = {"Conv": 0, "Gemm": 0, "MatMul": 0, "affine": 0}
         for bn in bns:
