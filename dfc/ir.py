@@ -137,7 +137,8 @@ def bypass_node(graph: gs.Graph, node: gs.Node) -> None:
 
     The output tensor keeps its name (it may be a graph output or carry metadata keys); the node's
     input tensor is dropped. Requires the input to be produced by a node whose output feeds only
-    `node`; otherwise consumers are rewired to the input tensor instead.
+    `node`; otherwise consumers are rewired to the input tensor instead. Only the node is removed;
+    tensors left unused go at the next `tidy` (the pass manager tidies after every pass).
     """
     src, dst = node.inputs[0], node.outputs[0]
     prod = producer(src)
@@ -150,7 +151,7 @@ def bypass_node(graph: gs.Graph, node: gs.Node) -> None:
         node.inputs.clear()
         node.outputs.clear()
         replace_uses(graph, dst, src)
-    graph.cleanup()
+    graph.nodes.remove(node)
 
 
 def tidy(graph: gs.Graph) -> gs.Graph:

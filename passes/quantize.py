@@ -120,6 +120,7 @@ class Quantize(Pass):
             params[t] = params[src]
 
         # ------------------------------------------------------------- rewrite
+        input_of = {id(n): n.inputs[0].name for n in weighted}  # float names, before Q/DQ goes in
         for r in fused.values():
             ir.bypass_node(graph, r)
         tensors = graph.tensors()
@@ -128,7 +129,7 @@ class Quantize(Pass):
                 self._insert_qdq(graph, tensors[t], params[t])
         layers = []
         for n in weighted:
-            x_params = params[self._act_name(n)]
+            x_params = params[input_of[id(n)]]
             layers.append(self._quantize_weights(graph, n, layer_bits[id(n)], x_params))
 
         accelerated = all(b == 8 for b in (o["wbits"], o["abits"], o["first_last_bits"]))
@@ -217,20 +218,6 @@ class Quantize(Pass):
                     shared[n.outputs[0].name] = src
                     act_bits[src] = max(act_bits[src], act_bits[n.outputs[0].name])
         return shared
-
-    @staticmethod
-    def _act_name(n: gs.Node) -> str:
-        """Name of the float tensor behind the node's (now dequantized) activation input."""
-        t = n.inputs[0]
-        p = ir.producer(t)
-        if p is not None and p.op == "DequantizeLinear":
-            q = ir.producer(p.inputs[0])
-            src = q.inputs[0]
-            cp = ir.producer(src)
-            if cp is not None and cp.op == "Clip":
-                src = cp.inputs[0]
-            return src.name
-        return t.name
 
     # ------------------------------------------------------------------ edits
 
