@@ -18,13 +18,15 @@ from dfc.modelio import as_model, check_model
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
 
 PRUNE_SCOPES = ("inner", "all")
-CRITERIA = ("l1", "l2", "paoding")
+from dfc.passes.prune import CRITERIA  # noqa: E402
 COMPENSATIONS = ("udfc", "none")
 
 DEFAULTS: dict[str, Any] = {
     "prune": 0.0,
     "prune_scope": "inner",
     "criterion": "l1",
+    "prune_step": 0.05,
+    "prune_global": False,
     "compensate": "none",
     "wbits": 8,
     "abits": 8,
@@ -70,15 +72,20 @@ def resolve_options(options: dict) -> dict:
         calibration.check_method(o["calib"])
     if o["calibrator"] not in calibration.CALIBRATORS:
         raise DfcError(f"--calibrator must be one of {', '.join(calibration.CALIBRATORS)}, got {o['calibrator']!r}")
-    if o["prune"] > 0:
-        raise NotImplementedYetError("--prune", "channel surgery is not built yet")
+    if not isinstance(o["prune_step"], (int, float)) or not 0.0 < float(o["prune_step"]) <= 1.0:
+        raise DfcError(f"--prune-step must be in (0, 1], got {o['prune_step']!r}")
     if o["compensate"] == "udfc":
         raise NotImplementedYetError("--compensate udfc", "use --compensate none")
     return o
 
 
 def build_passes(o: dict, ctx: Context) -> list:
-    passes = [get_pass("cleanup"), get_pass("fold-bn")]
+    passes = [
+        get_pass("cleanup"),
+        get_pass("fold-bn"),
+        get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
+                 step=float(o["prune_step"]), global_rank=bool(o["prune_global"])),
+    ]
     if not o["no_quant"]:
         calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
         passes.append(
@@ -121,6 +128,7 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
 
 def optimize(model_or_path, **options) -> onnx.ModelProto:
     """Compress a model data-free. Options (defaults): prune=0, prune_scope='inner', criterion='l1',
+    prune_step=0.05, prune_global=False,
     compensate='none', wbits=8, abits=8, first_last_bits=8, no_quant=False, calib=None (best
     available), calib_samples=256, calibrator='minmax', seed=0, input_mean/input_std=None."""
     return optimize_with_report(model_or_path, **{"measure": False, **options})[0]

@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--force", action="store_true", help="allow the output to overwrite the input file")
     o.add_argument("--prune", type=float, help="fraction of the scope's channels to remove, in [0, 1) (default 0)")
     o.add_argument("--prune-scope", choices=["inner", "all"], help="inner: block-private channels; all: residual streams too")
-    o.add_argument("--criterion", choices=["l1", "l2", "paoding"], help="channel ranking (default l1)")
+    o.add_argument("--criterion", choices=["l1", "l2", "paoding", "l1-prebn"],
+                   help="channel ranking: norms of the BN-folded filters (l1, l2), PAODING scale and pair-wise dense "
+                        "pruning (paoding), l1 of the filters before BN folding (l1-prebn) (default l1)")
+    o.add_argument("--prune-step", type=float, help="progressive pruning step, re-ranking after each (default 0.05)")
+    o.add_argument("--prune-global", action="store_true", help="rank channels across layers instead of a uniform ratio per layer")
     o.add_argument("--compensate", choices=["udfc", "none"], help="data-free compensation (default none)")
     o.add_argument("--wbits", type=int, help="weight bit width 2-8 (default 8)")
     o.add_argument("--abits", type=int, help="activation bit width 2-8 (default 8)")
@@ -106,6 +110,7 @@ def cmd_optimize(args) -> int:
     optimized, report = optimize_with_report(
         model,
         prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
+        prune_step=args.prune_step, prune_global=args.prune_global or None,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, seed=args.seed,
         input_mean=parse_floats(args.input_mean, "--input-mean"), input_std=parse_floats(args.input_std, "--input-std"),

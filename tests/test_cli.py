@@ -72,7 +72,7 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--prune", "0.3"], "--prune is not implemented yet"),
+        (["--prune-step", "0"], "--prune-step must be in (0, 1]"),
         (["--compensate", "udfc"], "--compensate udfc is not implemented yet"),
         (["--calib", "bns"], "--calib bns is not implemented yet"),
         (["--prune", "1.5"], "--prune must be a ratio in [0, 1)"),
@@ -89,6 +89,16 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     assert main(["optimize", str(DEMO), "-o", str(out), "-q", *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_prune_on_the_demo_model_writes_a_smaller_valid_model(tmp_path):
+    out, rep = tmp_path / "p.onnx", tmp_path / "p.json"
+    assert main(["optimize", str(DEMO), "-o", str(out), "-q", "--prune", "0.5", "--prune-scope", "all", "--criterion", "paoding",
+                 "--compensate", "none", "--no-quant", "--no-measure", "--report", str(rep)]) == 0
+    r = json.loads(rep.read_text())
+    assert r["after"]["weight_params"] < 0.5 * r["before"]["weight_params"]
+    assert r["passes"]["prune"]["groups_removed"] == 40  # 16 + 32 + 32 channels, halved
+    assert run(onnx.load(out), rand((4, 1, 8, 8))).shape == (4, 10)
 
 
 def test_bad_files_exit_2_naming_the_file(tmp_path, capsys):

@@ -1,0 +1,218 @@
+"""`prune`: structured pruning by graph surgery (PAODING-style criteria, progressive schedule).
+
+1. Dead channels (identically zero groups) are removed first, always: exact.
+2. With ratio R > 0, the groups in scope (`inner`: block-private groups, no residual join and no
+   graph output; `all`: residual streams too) are removed in steps of `step` until R of every
+   layer's groups are gone (uniform), or R of all groups ranked together (`global_rank`). The
+   graph is re-analysed and the groups re-ranked after every step.
+Criteria on the BN-folded weights of a group's origin layers (mean over its origins):
+  l1 = Σ|W[o]|,  l2 = ‖W[o]‖₂,  paoding = Σ|W[o]| / (k_h·k_w·C_in)  (PAODING's filter "scale").
+With `paoding`, dense layers are pruned pair-wise instead (`dfc.pairwise`): a removed neuron's
+outgoing weights are merged into its most similar survivor's.
+A "layer" (family) is the set of layers that produce the group's channels: one conv for inner
+groups; all the convs and shortcut pads that feed one residual stream for residual groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfc import ir, pairwise
+from dfc.channels import ChannelAnalysis, Group
+from dfc.errors import DfcError
+from dfc.intervals import activation_bounds
+from dfc.pipeline import Context, Pass, register
+from dfc.progress import progress_bar
+from dfc.surgery import is_dead, remove_groups
+
+CRITERIA = ("l1", "l2", "paoding", "l1-prebn")
+SCOPES = ("inner", "all")
+
+
+def filter_scores(node: gs.Node, criterion: str, bn_stats=None) -> np.ndarray:
+    """Per output channel of a Conv/Gemm/MatMul: l1, l2 or PAODING scale of its (folded) filter;
+    `l1-prebn`: l1 of the filter before BN folding, W / k with k = γ/√(σ²+ε) from the kept BN stats."""
+    w = ir.const_value(node.inputs[1]).astype(np.float64)
+    rows = w.reshape(w.shape[0], -1) if node.op == "Conv" or (node.op == "Gemm" and int(node.attrs.get("transB", 0))) else w.T
+    if criterion == "l1-prebn":
+        st = (bn_stats or {}).get(node.outputs[0].name)
+        if st is not None and st.channels == rows.shape[0]:
+            rows = rows / np.maximum(np.abs(st.gamma / np.sqrt(st.var + st.eps)), 1e-12)[:, None]
+        return np.abs(rows).sum(1)
+    if criterion == "l2":
+        return np.sqrt((rows ** 2).sum(1))
+    l1 = np.abs(rows).sum(1)
+    return l1 / rows.shape[1] if criterion == "paoding" else l1
+
+
+def group_scores(groups: list[Group], criterion: str, bn_stats=None) -> np.ndarray:
+    """Mean criterion over each group's weight origins (a group of only padded zeros scores 0)."""
+    cache: dict[int, np.ndarray] = {}
+    out = np.zeros(len(groups))
+    for k, g in enumerate(groups):
+        vals = []
+        for node, c in g.origins:
+            if id(node) not in cache:
+                cache[id(node)] = filter_scores(node, criterion, bn_stats)
+            vals.append(cache[id(node)][c])
+        out[k] = float(np.mean(vals)) if vals else 0.0
+    return out
+
+
+def in_scope(g: Group, scope: str) -> bool:
+    return not g.blocked and (scope == "all" or not g.residual)
+
+
+@register
+class Prune(Pass):
+    name = "prune"
+
+    @classmethod
+    def default_options(cls):
+        return {"ratio": 0.0, "scope": "inner", "criterion": "l1", "step": 0.05, "global_rank": False}
+
+    def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
+        o = self.options
+        if o["scope"] not in SCOPES or o["criterion"] not in CRITERIA:
+            raise DfcError(f"prune: scope must be one of {SCOPES}, criterion one of {CRITERIA}")
+        if not 0 < float(o["step"]) <= 1:
+            raise DfcError(f"--prune-step must be in (0, 1], got {o['step']!r}")
+        graph = ir.infer_shapes(graph)
+        before = _layer_shapes(graph)
+        analysis = ChannelAnalysis(graph)
+        res: dict = {"ratio": o["ratio"], "scope": o["scope"], "criterion": o["criterion"], "step": o["step"],
+                     "global": bool(o["global_rank"]), "blocked": _blocked_summary(analysis.groups)}
+        dead = [g for g in analysis.groups if is_dead(g, analysis)]
+        graph = remove_groups(graph, analysis, dead, ctx)
+        res["dead_groups_removed"] = len(dead)
+        if o["ratio"] > 0:
+            graph, stats = self._schedule(graph, ctx)
+            res.update(stats)
+        res["layers"] = _layer_report(before, _layer_shapes(graph))
+        ctx.results["prune"] = res
+        return graph
+
+    # ---------------------------------------------------------------- schedule
+
+    def _schedule(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
+        o = self.options
+        ratio, scope, step = float(o["ratio"]), o["scope"], float(o["step"])
+        analysis = ChannelAnalysis(graph)
+        start = [g for g in analysis.groups if in_scope(g, scope)]
+        if not start:
+            ctx.note(f"prune: no channel group is prunable in scope {scope!r}; nothing was pruned")
+            return graph, {"groups_in_scope": 0, "groups_removed": 0, "pairs_merged": 0, "steps": 0}
+        n0 = Counter(g.family for g in start)
+        removed: Counter = Counter()
+        merged, impact_used, dense_layers = 0, None, set()
+        steps = max(1, math.ceil(ratio / step - 1e-9))
+        for k in progress_bar(range(1, steps + 1), desc="prune", total=steps, unit="step"):
+            if k > 1:
+                analysis = ChannelAnalysis(graph)
+            r = min(ratio, k * step)
+            families: dict[tuple, list[Group]] = defaultdict(list)
+            for g in analysis.groups:
+                if in_scope(g, scope) and g.family in n0:
+                    families[g.family].append(g)
+            want = self._targets(families, n0, removed, r, ctx.bn_stats)
+            chosen: list[Group] = []
+            pairs = []
+            bounds = None
+            for fam, count in want.items():
+                if count <= 0:
+                    continue
+                groups = families[fam]
+                if o["criterion"] == "paoding" and pairwise.pairable(groups):
+                    if bounds is None:
+                        bounds = _input_bounds(graph, ctx)
+                    fam_pairs, used = pairwise.choose_pairs(graph, groups, count, bounds)
+                    impact_used = used if impact_used is None else impact_used and used
+                    pairs += fam_pairs
+                    chosen += [d for _, d in fam_pairs]
+                    dense_layers.add(fam)
+                else:
+                    scores = group_scores(groups, o["criterion"], ctx.bn_stats)
+                    chosen += [groups[i] for i in np.argsort(scores, kind="stable")[:count]]
+                removed[fam] += count
+            pairwise.merge_outgoing(pairs)
+            merged += len(pairs)
+            graph = remove_groups(graph, analysis, chosen, ctx)
+        if impact_used is False:
+            ctx.note("prune: pair-wise pruning ranked pairs by saliency only (no interval bound reaches the outputs)")
+        return graph, {"groups_in_scope": sum(n0.values()), "groups_removed": sum(removed.values()),
+                       "pairs_merged": merged, "pairwise_layers": len(dense_layers), "steps": steps,
+                       "layers_in_scope": len(n0)}
+
+    def _targets(self, families: dict, n0: Counter, removed: Counter, r: float, bn_stats) -> dict:
+        """How many groups each family loses in this step (each keeps at least one)."""
+        if not self.options["global_rank"]:
+            return {f: min(round(r * n0[f]), n0[f] - 1) - removed[f] for f in families}
+        # global: rank every candidate by the criterion, normalised per layer by the paoding scale
+        total = round(r * sum(n0.values())) - sum(removed.values())
+        ranked = []
+        for fam, groups in families.items():
+            for s in group_scores(groups, self.options["criterion"], bn_stats):
+                ranked.append((s, fam))
+        ranked.sort(key=lambda t: t[0])
+        want: Counter = Counter()
+        for _, fam in ranked:
+            if total <= 0:
+                break
+            if n0[fam] - removed[fam] - want[fam] > 1:
+                want[fam] += 1
+                total -= 1
+        return dict(want)
+
+
+def _input_bounds(graph: gs.Graph, ctx: Context) -> dict | None:
+    """Interval bounds of the dense activations from the model's valid input box."""
+    x = graph.inputs[0]
+    if x.shape is None or len(x.shape) != 2:
+        return None
+    rng = ctx.input_range()
+    if rng is None:
+        ctx.note("prune: input range unknown (no --input-mean/--input-std); interval bounds assume inputs in [-3, 3]")
+        lo, hi = np.full(1, -3.0), np.full(1, 3.0)
+    else:
+        lo, hi = rng
+    if not isinstance(x.shape[1], (int, np.integer)) or np.size(lo) not in (1, x.shape[1]):
+        return None
+    return activation_bounds(graph, np.broadcast_to(lo, (x.shape[1],)), np.broadcast_to(hi, (x.shape[1],)))
+
+
+def _blocked_summary(groups: list[Group]) -> list[dict]:
+    counts: Counter = Counter()
+    for g in groups:
+        if g.blocked:
+            counts[g.blocked[0]] += 1
+    return [{"reason": r, "groups": n} for r, n in counts.most_common()]
+
+
+def _layer_shapes(graph: gs.Graph) -> dict[str, dict]:
+    """Per weighted layer: output channels, params (weight + bias) and MACs per sample."""
+    out = {}
+    for n in ir.weighted_nodes(graph):
+        w = ir.const_value(n.inputs[1])
+        b = ir.const_value(ir.input_at(n, 2))
+        y = n.outputs[0].shape
+        spatial = int(np.prod(y[2:])) if y is not None and all(isinstance(d, (int, np.integer)) for d in y[2:]) else 1
+        if n.op == "Conv":
+            ch, macs = w.shape[0], spatial * int(np.prod(w.shape))
+        else:
+            ch = w.shape[0] if int(n.attrs.get("transB", 0)) else w.shape[1]
+            macs = int(w.size)
+        out[n.name] = {"op": n.op, "channels": int(ch), "params": int(w.size + (0 if b is None else b.size)), "macs": int(macs)}
+    return out
+
+
+def _layer_report(before: dict, after: dict) -> list[dict]:
+    rows = []
+    for name, b in before.items():
+        a = after.get(name, {"channels": 0, "params": 0, "macs": 0})
+        rows.append({"name": name, "op": b["op"], "channels_before": b["channels"], "channels_after": a["channels"],
+                     "params_before": b["params"], "params_after": a["params"], "macs_before": b["macs"], "macs_after": a["macs"]})
+    return rows
