@@ -3,7 +3,7 @@
     python tools/bench_prune.py ../shared/models/resnet56_cifar10.onnx \
         --data ../shared/data/cifar10_test_exact_1017.npz --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
 
-Each configuration `RATIO:SCOPE` is pruned with every `--criteria` (no compensation, no
+Each configuration `RATIO:SCOPE[:global]` is pruned with every `--criteria` (no compensation, no
 quantization; the data is read only to measure top-1). Latency: all pruned models and the original
 timed in one process, alternating runs, median of `--rounds` per model, batch `--batch`.
 """
@@ -28,7 +28,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--configs", default="0.3:inner,0.5:all", help="comma-separated RATIO:SCOPE")
+    ap.add_argument("--configs", default="0.3:inner,0.5:all", help="comma-separated RATIO:SCOPE[:global]")
     ap.add_argument("--criteria", default="l1,l2,paoding,l1-prebn")
     ap.add_argument("--data", help="labelled .npz for top-1 (validation only)")
     ap.add_argument("--mean")
@@ -48,11 +48,11 @@ def main() -> None:
     base_params = model_summary(original)["weight_params"]
     models, rows = {"original": original}, []
     for cfg in args.configs.split(","):
-        ratio, scope = cfg.split(":")
+        ratio, scope, *glob = cfg.split(":")
         for crit in args.criteria.split(","):
             m, rep = optimize_with_report(original, prune=float(ratio), prune_scope=scope, criterion=crit,
-                                          no_quant=True, measure=False)
-            name = f"{ratio} {scope} {crit}"
+                                          prune_global=glob == ["global"], no_quant=True, measure=False)
+            name = f"{ratio} {scope}{' global' if glob else ''} {crit}"
             models[name] = m
             row = {"config": name, "params": rep["after"]["weight_params"], "params_ratio": rep["after"]["weight_params"] / base_params,
                    "macs_ratio": rep["after"]["macs"] / rep["before"]["macs"]}
