@@ -106,6 +106,8 @@ class Prune(Pass):
         if not start:
             ctx.note(f"prune: no channel group is prunable in scope {scope!r}; nothing was pruned")
             return graph, {"groups_in_scope": 0, "groups_removed": 0, "pairs_merged": 0, "steps": 0}
+        if o["criterion"] == "l1-prebn" and not ctx.bn_stats:
+            ctx.note("prune: --criterion l1-prebn needs BN statistics and the model has none; ranking by l1 of the folded filters")
         n0 = Counter(g.family for g in start)
         removed: Counter = Counter()
         merged, impact_used, dense_layers = 0, None, set()

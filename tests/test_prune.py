@@ -159,6 +159,11 @@ def test_prebn_criterion_uses_the_kept_bn_statistics():
     assert np.allclose(filter_scores(conv1, "l1-prebn", ctx.bn_stats), np.abs(raw).reshape(8, -1).sum(1), rtol=1e-5)
 
 
+def test_prebn_criterion_without_bn_statistics_says_it_falls_back():
+    _, rep = prune(_resnet_like(), prune=0.25, criterion="l1-prebn")
+    assert any("l1-prebn needs BN statistics" in n for n in rep["notes"])
+
+
 def test_real_resnet56_all_scope_half_channels(cifar_exact):
     m = onnx.load(shared_file("models/resnet56_cifar10.onnx"))
     out, rep = prune(m, prune=0.5, prune_scope="all")
