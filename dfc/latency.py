@@ -46,3 +46,11 @@ def median_latencies(
 def latency_ratios(medians: dict[str, float], reference: str) -> dict[str, float]:
     ref = medians[reference]
     return {k: v / ref for k, v in medians.items()}
+
+
+def add_timing_arguments(parser) -> None:
+    """The benchmark tools' shared options: --batch, --threads, --rounds, --json."""
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--json", help="also write the results here")

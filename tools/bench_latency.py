@@ -48,15 +48,12 @@ def main() -> None:
 
     from dfc.api import optimize
     from dfc.calibration import gaussian_samples
-    from dfc.latency import median_latencies
+    from dfc.latency import add_timing_arguments, median_latencies
     from dfc.modelio import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--json", help="also write the results here")
+    add_timing_arguments(ap)
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
 

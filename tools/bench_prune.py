@@ -21,7 +21,7 @@ import numpy as np
 def main() -> None:
     from dfc.api import optimize_with_report
     from dfc.calibration import gaussian_samples
-    from dfc.latency import median_latencies
+    from dfc.latency import add_timing_arguments, median_latencies
     from dfc.modelio import load_model
     from dfc.stats import model_summary
     from dfc.validation import load_eval_data, logits_of, parse_floats, preprocess
@@ -33,10 +33,7 @@ def main() -> None:
     ap.add_argument("--data", help="labelled .npz for top-1 (validation only)")
     ap.add_argument("--mean")
     ap.add_argument("--std")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--json", help="also write the results here")
+    add_timing_arguments(ap)
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
 
