@@ -15,10 +15,9 @@ from dfc import calibration
 from dfc import quant_math as qm
 from dfc.errors import DfcError, NotImplementedYetError
 from dfc.modelio import as_model, check_model
+from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
 
-PRUNE_SCOPES = ("inner", "all")
-from dfc.passes.prune import CRITERIA  # noqa: E402
 COMPENSATIONS = ("udfc", "none")
 
 DEFAULTS: dict[str, Any] = {

@@ -30,6 +30,8 @@ def _fail(msg: str, code: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
+
     p = _Parser(prog="dfc", description="Data-free compression compiler for ONNX models.")
     p.add_argument("--version", action="version", version=f"dfc {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -39,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
     o.add_argument("--force", action="store_true", help="allow the output to overwrite the input file")
     o.add_argument("--prune", type=float, help="fraction of the scope's channels to remove, in [0, 1) (default 0)")
-    o.add_argument("--prune-scope", choices=["inner", "all"], help="inner: block-private channels; all: residual streams too")
-    o.add_argument("--criterion", choices=["l1", "l2", "paoding", "l1-prebn"],
+    o.add_argument("--prune-scope", choices=PRUNE_SCOPES, help="inner: block-private channels; all: residual streams too")
+    o.add_argument("--criterion", choices=CRITERIA,
                    help="channel ranking: norms of the BN-folded filters (l1, l2), PAODING scale and pair-wise dense "
                         "pruning (paoding), l1 of the filters before BN folding (l1-prebn) (default l1)")
     o.add_argument("--prune-step", type=float, help="progressive pruning step, re-ranking after each (default 0.05)")

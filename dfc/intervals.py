@@ -33,7 +33,7 @@ def _clip_bound(n: gs.Node, i: int, default: float) -> float:
     return default if v is None else float(v)
 
 
-def _dense(n: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
+def dense_weight(n: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     """(W as [in, out], bias [out]) of a 2-D Gemm/MatMul with constant weight, else None."""
     w = ir.const_value(ir.input_at(n, 1))
     if w is None or w.ndim != 2 or int(n.attrs.get("transA", 0)):
@@ -48,7 +48,7 @@ def _dense(n: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _affine(n: gs.Node, lo: np.ndarray, hi: np.ndarray, with_bias: bool) -> tuple[np.ndarray, np.ndarray] | None:
     if n.op in ("Gemm", "MatMul"):
-        wb = _dense(n)
+        wb = dense_weight(n)
         if wb is None:
             return None
         w, b = wb

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from dfc import ir
 from dfc.channels import Group
-from dfc.intervals import _dense, interval_entropy, propagate_impact
+from dfc.intervals import dense_weight, interval_entropy, propagate_impact
 
 
 def pairable(groups: list[Group]) -> bool:
@@ -39,7 +39,7 @@ def pairable(groups: list[Group]) -> bool:
 
 
 def _incoming(origin: gs.Node) -> tuple[np.ndarray, np.ndarray]:
-    w, b = _dense(origin)
+    w, b = dense_weight(origin)
     return w.T, b  # rows per neuron
 
 
@@ -47,7 +47,7 @@ def _outgoing(g: Group) -> np.ndarray:
     """Concatenated outgoing weights of the group's neuron over all its sinks."""
     parts = []
     for node, _, feats in g.sinks:
-        w, _ = _dense(node)
+        w, _ = dense_weight(node)
         parts.append(w[feats[0]])
     return np.concatenate(parts)
 
@@ -85,16 +85,11 @@ def choose_pairs(graph: gs.Graph, groups: list[Group], count: int, bounds: dict 
     w_out = np.stack([_outgoing(g) for g in groups])
     pool = disjoint_lowest(saliency_matrix(w_in, b_in, w_out), 2 * count)
     act = _activation_tensor(groups[0])
-    used_impact = bounds is not None and act is not None and act.name in bounds
-    scored = []
-    for i, j, sal in pool:
-        score = _impact_score(graph, groups[i], groups[j], act, bounds) if used_impact else None
-        if score is None:
-            used_impact = False
-        scored.append((score if score is not None else 0.0, sal, i, j))
-    if not used_impact:
-        scored = [(0.0, sal, i, j) for _, sal, i, j in scored]
-    scored.sort()
+    impact = [None] * len(pool)
+    if bounds is not None and act is not None and act.name in bounds:
+        impact = [_impact_score(graph, groups[i], groups[j], act, bounds) for i, j, _ in pool]
+    used_impact = all(s is not None for s in impact)
+    scored = sorted((s if used_impact else 0.0, sal, i, j) for s, (i, j, sal) in zip(impact, pool))
     return [(groups[i], groups[j]) for _, _, i, j in scored[:count]], used_impact
 
 
@@ -112,7 +107,7 @@ def _impact_score(graph: gs.Graph, keep: Group, drop: Group, act: gs.Tensor, bou
     d_lo, d_hi = lo[..., i] - hi[..., j], hi[..., i] - lo[..., j]
     total_lo = total_hi = None
     for node, _, feats in drop.sinks:
-        w, _ = _dense(node)
+        w, _ = dense_weight(node)
         a = w[feats[0]]
         lo_k, hi_k = np.minimum(a * d_lo, a * d_hi), np.maximum(a * d_lo, a * d_hi)
         out = propagate_impact(graph, node.outputs[0], lo_k, hi_k)

@@ -20,7 +20,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfc import ir
-from dfc.channels import CHANNEL_AXIS, PARAM_INPUTS, ZERO_PRESERVING_UNARY, ChannelAnalysis, Group, pad_amounts, slice_spec
+from dfc.channels import (
+    BINARY, CHANNEL_AXIS, PARAM_INPUTS, POOLS, ZERO_PRESERVING_UNARY, ChannelAnalysis, Group, pad_amounts, slice_spec,
+)
 from dfc.pipeline import Context
 
 
@@ -70,7 +72,7 @@ def _rewrite(n: gs.Node, keep: dict[str, np.ndarray], size: dict[str, int]) -> N
                 axis = CHANNEL_AXIS - (len(y.shape) - v.ndim) if n.op == "PRelu" else 0
                 _set_input(n, i, np.take(v, ky, axis=axis))
         return
-    if n.op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum"):
+    if n.op in BINARY:
         ky, ry = _kept(keep, size, y), len(y.shape)
         for i, t in enumerate(n.inputs):
             v = ir.const_value(t)
@@ -180,8 +182,7 @@ def _pad_value_zero(n: gs.Node) -> bool:
 
 def _maps_zero_to_zero(p: gs.Node, chans: list[int], analysis: ChannelAnalysis) -> bool:
     op = p.op
-    if op in ZERO_PRESERVING_UNARY or op in ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-                                              "LpPool", "GlobalLpPool", "Slice", "Concat", "Flatten", "Reshape", "PRelu"):
+    if op in ZERO_PRESERVING_UNARY or op in POOLS or op in ("Slice", "Concat", "Flatten", "Reshape", "PRelu"):
         return True
     if op == "Pad":
         return _pad_value_zero(p)
@@ -196,7 +197,7 @@ def _maps_zero_to_zero(p: gs.Node, chans: list[int], analysis: ChannelAnalysis) 
         return not np.any(shift[chans])
     if op == "InstanceNormalization":
         return all(_zero_at(ir.const_value(p.inputs[2]), c, -1) for c in chans)
-    if op in ("Add", "Sub", "Max", "Min", "Sum", "Mul", "Div"):
+    if op in BINARY:
         y = p.outputs[0]
         for i, t in enumerate(p.inputs):
             v = ir.const_value(t)

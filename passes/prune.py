@@ -90,7 +90,7 @@ class Prune(Pass):
         graph = remove_groups(graph, analysis, dead, ctx)
         res["dead_groups_removed"] = len(dead)
         if o["ratio"] > 0:
-            graph, stats = self._schedule(graph, ctx)
+            graph, stats = self._schedule(graph, ctx, None if dead else analysis)
             res.update(stats)
         res["layers"] = _layer_report(before, _layer_shapes(graph))
         ctx.results["prune"] = res
@@ -98,10 +98,11 @@ class Prune(Pass):
 
     # ---------------------------------------------------------------- schedule
 
-    def _schedule(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
+    def _schedule(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None) -> tuple[gs.Graph, dict]:
+        """Progressive pruning; `analysis` of `graph` when the caller already has it."""
         o = self.options
         ratio, scope, step = float(o["ratio"]), o["scope"], float(o["step"])
-        analysis = ChannelAnalysis(graph)
+        analysis = analysis or ChannelAnalysis(graph)
         start = [g for g in analysis.groups if in_scope(g, scope)]
         if not start:
             ctx.note(f"prune: no channel group is prunable in scope {scope!r}; nothing was pruned")
@@ -195,20 +196,11 @@ def _blocked_summary(groups: list[Group]) -> list[dict]:
 
 
 def _layer_shapes(graph: gs.Graph) -> dict[str, dict]:
-    """Per weighted layer: output channels, params (weight + bias) and MACs per sample."""
-    out = {}
-    for n in ir.weighted_nodes(graph):
-        w = ir.const_value(n.inputs[1])
-        b = ir.const_value(ir.input_at(n, 2))
-        y = n.outputs[0].shape
-        spatial = int(np.prod(y[2:])) if y is not None and all(isinstance(d, (int, np.integer)) for d in y[2:]) else 1
-        if n.op == "Conv":
-            ch, macs = w.shape[0], spatial * int(np.prod(w.shape))
-        else:
-            ch = w.shape[0] if int(n.attrs.get("transB", 0)) else w.shape[1]
-            macs = int(w.size)
-        out[n.name] = {"op": n.op, "channels": int(ch), "params": int(w.size + (0 if b is None else b.size)), "macs": int(macs)}
-    return out
+    """Per weighted layer: output channels, params (weight + bias) and MACs per sample (`dfc.stats`)."""
+    from dfc.stats import layer_stats
+
+    return {r.name: {"op": r.op, "channels": int(r.output_shape[1]), "params": r.params, "macs": r.macs}
+            for r in layer_stats(ir.export_model(graph))}
 
 
 def _layer_report(before: dict, after: dict) -> list[dict]:
