@@ -1,6 +1,6 @@
 """`dfc.optimize`: the data-free compression pipeline as a Python call (the CLI is a thin layer on it).
 
-Pipeline: cleanup -> fold-bn -> [prune] -> [compensate] -> [quantize], then validation (fidelity on
+Pipeline: cleanup -> fold-bn -> prune (+ UDFC merges) -> [udfc-requant] -> [quantize], then validation (fidelity on
 a synthetic probe batch, ORT latency ratio, size/params/MACs) into a report dict.
 """
 
@@ -13,20 +13,24 @@ import onnx
 
 from dfc import calibration
 from dfc import quant_math as qm
-from dfc.errors import DfcError, NotImplementedYetError
+from dfc.errors import DfcError
 from dfc.modelio import as_model, check_model
+from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
 from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
-
-COMPENSATIONS = ("udfc", "none")
 
 DEFAULTS: dict[str, Any] = {
     "prune": 0.0,
     "prune_scope": "inner",
-    "criterion": "l1",
+    "criterion": "udfc",
     "prune_step": 0.05,
     "prune_global": False,
-    "compensate": "none",
+    "compensate": "udfc",
+    "udfc_requant": True,
+    "udfc_partners": "nnls",
+    "udfc_loss": "bn",
+    "alpha_p": 0.0,
+    "alpha_q": 1000.0,
     "wbits": 8,
     "abits": 8,
     "first_last_bits": 8,
@@ -58,8 +62,9 @@ def resolve_options(options: dict) -> dict:
         raise DfcError(f"--prune-scope must be one of {', '.join(PRUNE_SCOPES)}, got {o['prune_scope']!r}")
     if o["criterion"] not in CRITERIA:
         raise DfcError(f"--criterion must be one of {', '.join(CRITERIA)}, got {o['criterion']!r}")
-    if o["compensate"] not in COMPENSATIONS:
-        raise DfcError(f"--compensate must be one of {', '.join(COMPENSATIONS)}, got {o['compensate']!r}")
+    for key, allowed in (("compensate", COMPENSATIONS), ("udfc_partners", UDFC_PARTNERS), ("udfc_loss", UDFC_LOSSES)):
+        if o[key] not in allowed:
+            raise DfcError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {o[key]!r}")
     for key in ("wbits", "abits", "first_last_bits"):
         qm.check_bits(o[key], f"--{key.replace('_', '-')}")
     if o["first_last_bits"] < max(o["wbits"], o["abits"]):
@@ -73,19 +78,26 @@ def resolve_options(options: dict) -> dict:
         raise DfcError(f"--calibrator must be one of {', '.join(calibration.CALIBRATORS)}, got {o['calibrator']!r}")
     if not isinstance(o["prune_step"], (int, float)) or not 0.0 < float(o["prune_step"]) <= 1.0:
         raise DfcError(f"--prune-step must be in (0, 1], got {o['prune_step']!r}")
-    if o["compensate"] == "udfc":
-        raise NotImplementedYetError("--compensate udfc", "use --compensate none")
+    for key in ("alpha_p", "alpha_q"):
+        if not isinstance(o[key], (int, float)) or not 0.0 <= float(o[key]) < float("inf"):
+            raise DfcError(f"--{key.replace('_', '-')} must be a finite number >= 0, got {o[key]!r}")
     return o
 
 
 def build_passes(o: dict, ctx: Context) -> list:
+    quantizing, compensating = not o["no_quant"], o["compensate"] != "none"
     passes = [
         get_pass("cleanup"),
         get_pass("fold-bn"),
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
-                 step=float(o["prune_step"]), global_rank=bool(o["prune_global"])),
+                 step=float(o["prune_step"]), global_rank=bool(o["prune_global"]), compensate=o["compensate"],
+                 alpha_p=float(o["alpha_p"]), alpha_q=float(o["alpha_q"]), partners=o["udfc_partners"],
+                 loss=o["udfc_loss"], weight_bits=(o["wbits"], o["first_last_bits"]) if quantizing and compensating else None),
     ]
-    if not o["no_quant"]:
+    if quantizing and compensating and o["udfc_requant"]:
+        passes.append(get_pass("udfc-requant", wbits=o["wbits"], first_last_bits=o["first_last_bits"],
+                               alpha_q=float(o["alpha_q"])))
+    if quantizing:
         calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
         passes.append(
             get_pass(
@@ -126,9 +138,10 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
 
 
 def optimize(model_or_path, **options) -> onnx.ModelProto:
-    """Compress a model data-free. Options (defaults): prune=0, prune_scope='inner', criterion='l1',
+    """Compress a model data-free. Options (defaults): prune=0, prune_scope='inner', criterion='udfc',
     prune_step=0.05, prune_global=False,
-    compensate='none', wbits=8, abits=8, first_last_bits=8, no_quant=False, calib=None (best
+    compensate='udfc', udfc_partners='nnls', udfc_loss='bn', alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
+    first_last_bits=8, no_quant=False, calib=None (best
     available), calib_samples=256, calibrator='minmax', seed=0, input_mean/input_std=None."""
     return optimize_with_report(model_or_path, **{"measure": False, **options})[0]
 

@@ -30,6 +30,7 @@ def _fail(msg: str, code: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
     from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
 
     p = _Parser(prog="dfc", description="Data-free compression compiler for ONNX models.")
@@ -43,11 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--prune", type=float, help="fraction of the scope's channels to remove, in [0, 1) (default 0)")
     o.add_argument("--prune-scope", choices=PRUNE_SCOPES, help="inner: block-private channels; all: residual streams too")
     o.add_argument("--criterion", choices=CRITERIA,
-                   help="channel ranking: norms of the BN-folded filters (l1, l2), PAODING scale and pair-wise dense "
-                        "pruning (paoding), l1 of the filters before BN folding (l1-prebn) (default l1)")
+                   help="channel ranking: udfc (predicted consumer error after compensation, default), norms of the "
+                        "BN-folded filters (l1, l2), PAODING scale and pair-wise dense pruning (paoding), l1 of the "
+                        "filters before BN folding (l1-prebn)")
     o.add_argument("--prune-step", type=float, help="progressive pruning step, re-ranking after each (default 0.05)")
     o.add_argument("--prune-global", action="store_true", help="rank channels across layers instead of a uniform ratio per layer")
-    o.add_argument("--compensate", choices=["udfc", "none"], help="data-free compensation (default none)")
+    o.add_argument("--compensate", choices=COMPENSATIONS,
+                   help="data-free compensation of pruned and quantized channels (default udfc)")
+    o.add_argument("--udfc-partners", choices=UDFC_PARTNERS,
+                   help="rebuild a pruned channel from one kept channel (single) or a non-negative combination (nnls, default)")
+    o.add_argument("--udfc-loss", choices=UDFC_LOSSES,
+                   help="reconstruction error on the BN-moment model of the activations (bn, default) or on the "
+                        "folded weights and biases (weights)")
+    o.add_argument("--no-requant", action="store_true",
+                   help="no UDFC rescaling for quantized channels (pruned channels are still compensated)")
+    o.add_argument("--alpha-p", type=float, help="bias weight of the UDFC weights loss for pruned channels (default 0, from a sweep)")
+    o.add_argument("--alpha-q", type=float, help="bias weight of the UDFC loss for quantized channels (default 1000, from a sweep)")
     o.add_argument("--wbits", type=int, help="weight bit width 2-8 (default 8)")
     o.add_argument("--abits", type=int, help="activation bit width 2-8 (default 8)")
     o.add_argument("--first-last-bits", type=int, help="bit width of the first and last layers (default 8)")
@@ -112,6 +124,8 @@ def cmd_optimize(args) -> int:
     optimized, report = optimize_with_report(
         model,
         prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
+        alpha_p=args.alpha_p, alpha_q=args.alpha_q, udfc_partners=args.udfc_partners, udfc_loss=args.udfc_loss,
+        udfc_requant=False if args.no_requant else None,
         prune_step=args.prune_step, prune_global=args.prune_global or None,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, seed=args.seed,

@@ -122,21 +122,3 @@ def _impact_score(graph: gs.Graph, keep: Group, drop: Group, act: gs.Tensor, bou
 
 def _sigmoid(v: float) -> float:
     return float(1 / (1 + np.exp(-v)))
-
-
-def merge_outgoing(pairs: list[tuple[Group, Group]]) -> None:
-    """Survivor i inherits the removed j's outgoing weights: W_next[:, i] += W_next[:, j] (in place
-    on new constants; the removed column goes with the surgery)."""
-    by_node: dict[int, tuple[gs.Node, np.ndarray]] = {}
-    for keep, drop in pairs:
-        kept_feat = {id(node): feats[0] for node, _, feats in keep.sinks}
-        for node, _, feats in drop.sinks:
-            if id(node) not in by_node:
-                by_node[id(node)] = (node, np.array(ir.const_value(node.inputs[1]), copy=True))
-            w, i, j = by_node[id(node)][1], kept_feat[id(node)], feats[0]
-            if node.op == "Gemm" and int(node.attrs.get("transB", 0)):
-                w[:, i] += w[:, j]
-            else:
-                w[i] += w[j]
-    for node, w in by_node.values():
-        node.inputs[1] = ir.make_const(f"{node.name}_w_merged", w)

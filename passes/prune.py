@@ -9,6 +9,10 @@ Criteria on the BN-folded weights of a group's origin layers (mean over its orig
   l1 = Σ|W[o]|,  l2 = ‖W[o]‖₂,  paoding = Σ|W[o]| / (k_h·k_w·C_in)  (PAODING's filter "scale").
 With `paoding`, dense layers are pruned pair-wise instead (`dfc.pairwise`): a removed neuron's
 outgoing weights are merged into its most similar survivor's.
+With `compensate` = udfc every other removed group is first rebuilt from the kept groups of its
+family by rescaling their consumer weights (`dfc.compensation.compensate_pruned`): one partner or a
+non-negative combination (`partners`), on the BN-moment or the weights loss (`loss`); with
+`weight_bits` = (wbits, first_last_bits) the partners' filters are taken as they will be quantized.
 A "layer" (family) is the set of layers that produce the group's channels: one conv for inner
 groups; all the convs and shortcut pads that feed one residual stream for residual groups.
 """
@@ -23,13 +27,15 @@ import onnx_graphsurgeon as gs
 
 from dfc import ir, pairwise
 from dfc.channels import ChannelAnalysis, Group
+from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
+from dfc.compensation import family_name, path_problem, removal_errors
 from dfc.errors import DfcError
 from dfc.intervals import activation_bounds
 from dfc.pipeline import Context, Pass, register
 from dfc.progress import progress_bar
 from dfc.surgery import is_dead, remove_groups
 
-CRITERIA = ("l1", "l2", "paoding", "l1-prebn")
+CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
 SCOPES = ("inner", "all")
 
 
@@ -73,12 +79,16 @@ class Prune(Pass):
 
     @classmethod
     def default_options(cls):
-        return {"ratio": 0.0, "scope": "inner", "criterion": "l1", "step": 0.05, "global_rank": False}
+        return {"ratio": 0.0, "scope": "inner", "criterion": "udfc", "step": 0.05, "global_rank": False,
+                "compensate": "none", "partners": "nnls", "loss": "bn", "alpha_p": 0.0, "alpha_q": 1000.0,
+                "weight_bits": None}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         o = self.options
-        if o["scope"] not in SCOPES or o["criterion"] not in CRITERIA:
-            raise DfcError(f"prune: scope must be one of {SCOPES}, criterion one of {CRITERIA}")
+        for key, allowed in (("scope", SCOPES), ("criterion", CRITERIA), ("compensate", COMPENSATIONS),
+                             ("partners", PARTNERS), ("loss", LOSSES)):
+            if o[key] not in allowed:
+                raise DfcError(f"prune: {key} must be one of {', '.join(allowed)}, got {o[key]!r}")
         if not 0 < float(o["step"]) <= 1:
             raise DfcError(f"--prune-step must be in (0, 1], got {o['step']!r}")
         graph = ir.infer_shapes(graph)
@@ -112,6 +122,13 @@ class Prune(Pass):
         n0 = Counter(g.family for g in start)
         removed: Counter = Counter()
         merged, impact_used, dense_layers = 0, None, set()
+        comp: dict[str, dict] = {}
+        skipped: Counter = Counter()
+        bits = None
+        if o["weight_bits"] is not None and o["compensate"] != "none":
+            from dfc.passes.quantize import weight_bit_plan
+
+            bits = weight_bit_plan(graph, *o["weight_bits"])
         steps = max(1, math.ceil(ratio / step - 1e-9))
         for k in progress_bar(range(1, steps + 1), desc="prune", total=steps, unit="step"):
             if k > 1:
@@ -121,10 +138,11 @@ class Prune(Pass):
             for g in analysis.groups:
                 if in_scope(g, scope) and g.family in n0:
                     families[g.family].append(g)
-            want = self._targets(families, n0, removed, r, ctx.bn_stats)
+            want = self._targets(families, n0, removed, r, lambda groups: self._scores(groups, analysis, ctx))
             chosen: list[Group] = []
             pairs = []
             bounds = None
+            editor = WeightEditor()
             for fam, count in want.items():
                 if count <= 0:
                     continue
@@ -138,19 +156,59 @@ class Prune(Pass):
                     chosen += [d for _, d in fam_pairs]
                     dense_layers.add(fam)
                 else:
-                    scores = group_scores(groups, o["criterion"], ctx.bn_stats)
-                    chosen += [groups[i] for i in np.argsort(scores, kind="stable")[:count]]
+                    scores = self._scores(groups, analysis, ctx)
+                    drop = sorted(np.argsort(scores, kind="stable")[:count].tolist())
+                    chosen += [groups[i] for i in drop]
+                    if o["compensate"] != "none":
+                        self._compensate(groups, drop, analysis, editor, bits, ctx, comp, skipped)
                 removed[fam] += count
-            pairwise.merge_outgoing(pairs)
+            for keep, drop in pairs:
+                editor.add_columns(keep, drop, 1.0)
+            editor.commit(f"merged{k}")
             merged += len(pairs)
             graph = remove_groups(graph, analysis, chosen, ctx)
         if impact_used is False:
             ctx.note("prune: pair-wise pruning ranked pairs by saliency only (no interval bound reaches the outputs)")
-        return graph, {"groups_in_scope": sum(n0.values()), "groups_removed": sum(removed.values()),
-                       "pairs_merged": merged, "pairwise_layers": len(dense_layers), "steps": steps,
-                       "layers_in_scope": len(n0)}
+        for reason, n in skipped.items():
+            ctx.note(f"prune: {n} removed channel group(s) not compensated: {reason}")
+        stats = {"groups_in_scope": sum(n0.values()), "groups_removed": sum(removed.values()),
+                 "pairs_merged": merged, "pairwise_layers": len(dense_layers), "steps": steps, "layers_in_scope": len(n0)}
+        if o["compensate"] != "none":
+            stats["compensation"] = {"method": o["compensate"], "partners": o["partners"], "loss": o["loss"],
+                                     "alpha_p": o["alpha_p"], "partners_quantized": bits is not None,
+                                     "layers": list(comp.values())}
+        return graph, stats
 
-    def _targets(self, families: dict, n0: Counter, removed: Counter, r: float, bn_stats) -> dict:
+    def _compensate(self, groups: list[Group], drop: list[int], analysis: ChannelAnalysis, editor: WeightEditor,
+                    bits: dict | None, ctx: Context, comp: dict, skipped: Counter) -> None:
+        """UDFC merges of one family's dropped groups into its kept ones; accumulates the report."""
+        o = self.options
+        problem = path_problem(groups[0], analysis)
+        if problem is not None:
+            skipped[problem] += len(drop)
+            return
+        gone = set(drop)
+        keep = [i for i in range(len(groups)) if i not in gone]
+        model = FamilyModel(groups, analysis, editor, o["loss"], float(o["alpha_p"]), ctx.bn_stats, ctx.seed)
+        requant = FamilyModel(groups, analysis, editor, "weights", float(o["alpha_q"]), None) if bits else None
+        row = compensate_pruned(model, keep, drop, o["partners"], bits, requant)
+        name = family_name(groups[0].family)
+        acc = comp.setdefault(name, {"layer": name, "loss": row["loss"], "partners": row["partners"], "dropped": 0,
+                                     "merged": 0, "steps": []})
+        acc["dropped"] += row["dropped"]
+        acc["merged"] += row["merged"]
+        acc["steps"].append({k: row[k] for k in ("merged", "scale_min", "scale_median", "scale_max", "predicted_error")})
+
+    def _scores(self, groups: list[Group], analysis: ChannelAnalysis, ctx: Context) -> np.ndarray:
+        """Criterion per group, lowest pruned first; `udfc`: predicted consumer error after compensation."""
+        o = self.options
+        if o["criterion"] != "udfc":
+            return group_scores(groups, o["criterion"], ctx.bn_stats)
+        model = FamilyModel(groups, analysis, WeightEditor(), o["loss"], float(o["alpha_p"]), ctx.bn_stats, ctx.seed)
+        compensable = o["compensate"] != "none" and path_problem(groups[0], analysis) is None
+        return removal_errors(model, o["partners"], compensable)
+
+    def _targets(self, families: dict, n0: Counter, removed: Counter, r: float, score) -> dict:
         """How many groups each family loses in this step (each keeps at least one)."""
         if not self.options["global_rank"]:
             return {f: min(round(r * n0[f]), n0[f] - 1) - removed[f] for f in families}
@@ -158,7 +216,7 @@ class Prune(Pass):
         total = round(r * sum(n0.values())) - sum(removed.values())
         ranked = []
         for fam, groups in families.items():
-            for s in group_scores(groups, self.options["criterion"], bn_stats):
+            for s in score(groups):
                 ranked.append((s, fam))
         ranked.sort(key=lambda t: t[0])
         want: Counter = Counter()

@@ -44,6 +44,21 @@ def find_quantized_node(graph: gs.Graph) -> gs.Node | None:
     return next((n for n in graph.nodes if n.op in QUANTIZED_OPS), None)
 
 
+def quantizable_layers(graph: gs.Graph) -> list[gs.Node]:
+    """The Conv/Gemm/MatMul nodes whose constant float weights `quantize` quantizes, in graph order."""
+    return [n for n in graph.nodes if n.op in WEIGHTED and Quantize._weight_axis(n) is not None]
+
+
+def _is_edge(n: gs.Node, weighted: list[gs.Node]) -> bool:
+    return n is weighted[0] or n is weighted[-1]
+
+
+def weight_bit_plan(graph: gs.Graph, wbits: int, first_last_bits: int) -> dict[str, int]:
+    """Layer name -> weight bits: `first_last_bits` for the first and last quantizable layers, else `wbits`."""
+    weighted = quantizable_layers(graph)
+    return {n.name: (first_last_bits if _is_edge(n, weighted) else wbits) for n in weighted}
+
+
 @register
 class Quantize(Pass):
     name = "quantize"
@@ -73,14 +88,14 @@ class Quantize(Pass):
         if int(graph.opset) < 13:
             raise DfcError(f"quantization needs opset >= 13 (per-channel DequantizeLinear); the model has opset {graph.opset}")
 
-        weighted = [n for n in graph.nodes if n.op in WEIGHTED and self._weight_axis(n) is not None]
+        weighted = quantizable_layers(graph)
         skipped = [n.name for n in graph.nodes if n.op in WEIGHTED and n not in weighted]
         if not weighted:
             ctx.note("quantize: no Conv/Gemm/MatMul with constant weights found; the model is left in float")
             return graph
-        edge = {id(weighted[0]), id(weighted[-1])}
-        layer_bits = {id(n): (o["first_last_bits"] if id(n) in edge else o["wbits"]) for n in weighted}
-        layer_abits = {id(n): (o["first_last_bits"] if id(n) in edge else o["abits"]) for n in weighted}
+        plan = weight_bit_plan(graph, o["wbits"], o["first_last_bits"])
+        layer_bits = {id(n): plan[n.name] for n in weighted}
+        layer_abits = {id(n): (o["first_last_bits"] if _is_edge(n, weighted) else o["abits"]) for n in weighted}
 
         fused = self._fusable_relus(graph, weighted)
         act_bits: dict[str, int] = {}

@@ -73,7 +73,7 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
     "args, message",
     [
         (["--prune-step", "0"], "--prune-step must be in (0, 1]"),
-        (["--compensate", "udfc"], "--compensate udfc is not implemented yet"),
+        (["--alpha-p", "-1"], "--alpha-p must be a finite number >= 0"),
         (["--calib", "bns"], "--calib bns is not implemented yet"),
         (["--prune", "1.5"], "--prune must be a ratio in [0, 1)"),
         (["--wbits", "9"], "--wbits must be an integer bit width in 2..8"),
