@@ -51,9 +51,31 @@ def summary_table(report: dict) -> str:
             f"fidelity on a synthetic probe ({fid['samples']} {fid['probe']} samples, no real data): "
             f"top-1 agreement {100 * fid['agreement']:.1f} %, mean KL {fid['mean_kl']:.4f}, max |dlogit| {fid['max_abs_diff']:.4f}"
         )
+    out += _compensation_lines(report.get("passes", {}))
     for note in report.get("notes", []):
         out.append(f"note: {note}")
     return "\n".join(out)
+
+
+def _compensation_lines(passes: dict) -> list[str]:
+    """One line each for UDFC's pruning merges and quantization rescaling, when they ran."""
+    out = []
+    prune = passes.get("prune", {})
+    comp = prune.get("compensation")
+    if comp and comp["layers"]:
+        dropped = sum(r["dropped"] for r in comp["layers"])
+        merged = sum(r["merged"] for r in comp["layers"])
+        errs = [s["predicted_error"] for r in comp["layers"] for s in r["steps"]]
+        out.append(f"udfc: {merged} of {dropped} pruned channels rebuilt from kept ones ({comp['partners']}, "
+                   f"{comp['loss']} loss) in {len(comp['layers'])} layers; predicted error left "
+                   f"{100 * sum(errs) / len(errs):.0f} % of plain pruning's (mean over steps, see --report)")
+    rq = passes.get("udfc-requant")
+    if rq and rq["layers"]:
+        before = sum(r["predicted_error_before"] for r in rq["layers"])
+        after = sum(r["predicted_error_after"] for r in rq["layers"])
+        out.append(f"udfc: quantized channels rescaled in {rq['layers_compensated']} layers (alpha_q {rq['alpha_q']}); "
+                   f"weights-loss error {before:.4g} -> {after:.4g}")
+    return out
 
 
 def layer_table(rows: list[dict]) -> str:

@@ -87,6 +87,27 @@ def bn_node(prefix: str, x: str, y: str):
     return helper.make_node("BatchNormalization", [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"], [y], epsilon=1e-5)
 
 
+def cnn_nodes(residual: bool, convs: int = 2) -> list:
+    """x -> conv1 BN Relu [-> conv2 BN, then Add(skip r1) Relu when residual, else Relu] -> GAP ->
+    Flatten -> Gemm fc; initializers w1, bn1_*, w2, bn2_*, fc_w, fc_b."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        bn_node("bn1", "c1", "b1"),
+        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
+    ]
+    if convs == 2:
+        nodes += [helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"), bn_node("bn2", "c2", "b2")]
+        if residual:
+            nodes += [helper.make_node("Add", ["b2", "r1"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["r2"], name="relu2")]
+        else:
+            nodes.append(helper.make_node("Relu", ["b2"], ["r2"], name="relu2"))
+    return nodes + [
+        helper.make_node("GlobalAveragePool", ["r2" if convs == 2 else "r1"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1, name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1, name="fc"),
+    ]
+
+
 def conv_bn_relu_cnn(seed: int = 0) -> onnx.ModelProto:
     """x[N,3,8,8] -> Conv3x3(8) BN Relu -> Conv3x3(8) BN -> Add(skip) Relu -> GAP -> Flatten -> Gemm(4)."""
     r = np.random.default_rng(seed)
@@ -97,16 +118,5 @@ def conv_bn_relu_cnn(seed: int = 0) -> onnx.ModelProto:
         "fc_b": r.normal(0, 0.1, 4).astype(np.float32),
         **bn_params("bn1", 8, seed + 1), **bn_params("bn2", 8, seed + 2),
     }
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        bn_node("bn1", "c1", "b1"),
-        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-        bn_node("bn2", "c2", "b2"),
-        helper.make_node("Add", ["b2", "r1"], ["s"], name="add"),
-        helper.make_node("Relu", ["s"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
-        helper.make_node("Flatten", ["p"], ["f"], axis=1, name="flatten"),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1, name="fc"),
-    ]
+    nodes = cnn_nodes(residual=True)
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4])], inits)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import bn_node, make_model, rand, run
+from conftest import cnn_nodes, make_model, rand, run
 from onnx import helper
 from scipy.optimize import minimize_scalar
 
@@ -75,19 +75,8 @@ def chain_cnn(seed=0, proportional=None, width=6, convs=2):
         "bn2_m": r.normal(0, 0.3, 8).astype(np.float32), "bn2_v": r.uniform(0.5, 2, 8).astype(np.float32),
         "fc_w": r.normal(0, 0.5, (4, 8)).astype(np.float32), "fc_b": r.normal(0, 0.1, 4).astype(np.float32),
     }
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        bn_node("bn1", "c1", "b1"),
-        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-        bn_node("bn2", "c2", "b2"),
-        helper.make_node("Relu", ["b2"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2" if convs == 2 else "r1"], ["p"], name="gap"),
-        helper.make_node("Flatten", ["p"], ["f"], axis=1, name="flatten"),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1, name="fc"),
-    ]
+    nodes = cnn_nodes(residual=False, convs=convs)
     if convs == 1:
-        nodes = nodes[:3] + nodes[6:]
         inits["fc_w"] = inits["fc_w"][:, :width]
         inits = {k: v for k, v in inits.items() if not k.startswith(("w2", "bn2"))}
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4])], inits)
