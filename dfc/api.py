@@ -39,6 +39,12 @@ DEFAULTS: dict[str, Any] = {
     "calib_samples": 256,
     "calib_data": None,
     "calibrator": "minmax",
+    "save_calib": None,  # path: keep the calibration samples (.npz, key `x`)
+    "inverter_steps": 200,
+    "inverter_batch": 128,
+    "inverter_lr": 0.1,
+    "inverter_copies": 1,
+    "device": None,  # inverter device; None: cuda when available
     "seed": 0,
     "input_mean": None,
     "input_std": None,
@@ -78,6 +84,11 @@ def resolve_options(options: dict) -> dict:
         raise DfcError(f"--calibrator must be one of {', '.join(calibration.CALIBRATORS)}, got {o['calibrator']!r}")
     if not isinstance(o["prune_step"], (int, float)) or not 0.0 < float(o["prune_step"]) <= 1.0:
         raise DfcError(f"--prune-step must be in (0, 1], got {o['prune_step']!r}")
+    for key in ("inverter_steps", "inverter_batch", "inverter_copies", "calib_samples"):
+        if not isinstance(o[key], (int, np.integer)) or int(o[key]) < 1:
+            raise DfcError(f"--{key.replace('_', '-')} must be an integer >= 1, got {o[key]!r}")
+    if not isinstance(o["inverter_lr"], (int, float)) or not 0 < float(o["inverter_lr"]) < float("inf"):
+        raise DfcError(f"--inverter-lr must be a positive number, got {o['inverter_lr']!r}")
     for key in ("alpha_p", "alpha_q"):
         if not isinstance(o[key], (int, float)) or not 0.0 <= float(o[key]) < float("inf"):
             raise DfcError(f"--{key.replace('_', '-')} must be a finite number >= 0, got {o[key]!r}")
@@ -86,9 +97,17 @@ def resolve_options(options: dict) -> dict:
 
 def build_passes(o: dict, ctx: Context) -> list:
     quantizing, compensating = not o["no_quant"], o["compensate"] != "none"
-    passes = [
-        get_pass("cleanup"),
-        get_pass("fold-bn"),
+    passes = [get_pass("cleanup"), get_pass("fold-bn")]
+    calib = None
+    if quantizing and o["calib_data"] is None:
+        calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
+        if o["calib"] is None and calib == "gaussian":
+            ctx.note("no BatchNorm statistics: calibrating on Gaussian noise (the BNS inverter needs them)")
+        if calib != "gaussian":
+            passes.append(get_pass("synthesize", method=calib, samples=int(o["calib_samples"]), steps=int(o["inverter_steps"]),
+                                   batch=int(o["inverter_batch"]), lr=float(o["inverter_lr"]),
+                                   copies=int(o["inverter_copies"]), seed=int(o["seed"]), device=o["device"]))
+    passes += [
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
                  step=float(o["prune_step"]), global_rank=bool(o["prune_global"]), compensate=o["compensate"],
                  alpha_p=float(o["alpha_p"]), alpha_q=float(o["alpha_q"]), partners=o["udfc_partners"],
@@ -98,7 +117,6 @@ def build_passes(o: dict, ctx: Context) -> list:
         passes.append(get_pass("udfc-requant", wbits=o["wbits"], first_last_bits=o["first_last_bits"],
                                alpha_q=float(o["alpha_q"])))
     if quantizing:
-        calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
         passes.append(
             get_pass(
                 "quantize", wbits=o["wbits"], abits=o["abits"], first_last_bits=o["first_last_bits"],
@@ -125,6 +143,8 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     ctx.bn_stats_found = ctx.bn_stats_found or any(n.op_type == "BatchNormalization" for n in original.graph.node)
     optimized = PassManager(build_passes(o, ctx), debug=o["debug"]).run(original, ctx)
     check_model(optimized, what="the optimized model")
+    if o["save_calib"]:
+        save_calibration(o["save_calib"], ctx)
     report = {
         "options": {k: v for k, v in o.items() if k != "calib_data"},
         "passes": ctx.results,
@@ -135,6 +155,44 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     if o["measure"]:
         report.update(measure(original, optimized, ctx, o))
     return optimized, report
+
+
+def save_calibration(path, ctx: Context) -> None:
+    """The calibration samples of this run as .npz (key `x`, float32 model inputs), written atomically."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if ctx.calibration is None:
+        raise DfcError(f"--save-calib {path}: this run synthesized no calibration samples (--calib gaussian, --calib-data or --no-quant)")
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".npz", dir=p.parent if str(p.parent) else ".")
+    os.close(fd)
+    try:
+        np.savez(tmp, x=ctx.calibration, source=np.array(ctx.calibration_source))
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_calibration(path, mean=None, std=None) -> np.ndarray:
+    """Calibration inputs from .npz: key `x` (float32 model inputs, as --save-calib writes), or
+    `images` (uint8 NHWC, normalised with mean/std)."""
+    from dfc.validation import preprocess
+
+    try:
+        with np.load(path) as d:
+            if "x" in d:
+                return np.asarray(d["x"], np.float32)
+            if "images" in d:
+                if mean is None or std is None:
+                    raise DfcError(f"--calib-data {path}: uint8 `images` need --input-mean/--input-std")
+                return preprocess(d["images"], mean, std)
+            raise DfcError(f"--calib-data {path}: no `x` (float inputs) or `images` array; found {', '.join(d.files)}")
+    except (OSError, ValueError) as e:
+        raise DfcError(f"--calib-data {path}: cannot read ({e})") from e
 
 
 def optimize(model_or_path, **options) -> onnx.ModelProto:

@@ -1,10 +1,10 @@
 """Calibration data (data-free) and activation-range collection.
 
-Generators produce inputs in the model's input space. In this version only `gaussian` exists:
-the "G" scheme of The Knowledge Within (Haroush et al., CVPR 2020, §3) - noise with the input's
-first and second moments; after the input normalisation x = (pixel − mean)/std those are 0 and 1
-per channel, so the samples are N(0, 1), clamped to the valid input range when the normalisation
-is known. The BNS inverter (`bns`, `inception`, `bns+inception`) lands in its own issue.
+Generators produce inputs in the model's input space. `gaussian` is the "G" scheme of The Knowledge
+Within (Haroush et al., CVPR 2020, §3) - noise with the input's first and second moments; after the
+input normalisation x = (pixel − mean)/std those are 0 and 1 per channel, so the samples are
+N(0, 1), clamped to the valid input range when the normalisation is known. `bns`, `inception` and
+`bns+inception` come from the inverter (`dfc.inverter`, the `synthesize` pass).
 
 Range collection runs the float model in ONNX Runtime with the tensors of interest exposed as
 outputs: `minmax` keeps the running min/max; `percentile` takes the p-th / (100−p)-th percentile of
@@ -19,10 +19,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from dfc.errors import DfcError, NotImplementedYetError
+from dfc.errors import DfcError
 
 CALIB_METHODS = ("bns", "gaussian", "inception", "bns+inception")
-IMPLEMENTED_METHODS = ("gaussian",)
 CALIBRATORS = ("minmax", "percentile", "mse")
 MSE_SAMPLES = 1 << 18  # values kept per tensor for the MSE range search
 
@@ -30,13 +29,11 @@ MSE_SAMPLES = 1 << 18  # values kept per tensor for the MSE range search
 def check_method(method: str) -> None:
     if method not in CALIB_METHODS:
         raise DfcError(f"--calib: unknown calibration {method!r}; choose from {', '.join(CALIB_METHODS)}")
-    if method not in IMPLEMENTED_METHODS:
-        raise NotImplementedYetError(f"--calib {method}", "the BNS inverter is not built yet; use --calib gaussian")
 
 
 def best_available_method(bn_stats_found: bool) -> str:
-    """The best data-free calibration dfc has now (BNS once the inverter exists)."""
-    return "gaussian"
+    """`bns` when the model has BN statistics, else `gaussian`."""
+    return "bns" if bn_stats_found else "gaussian"
 
 
 def input_spec(graph: gs.Graph) -> tuple[str, tuple[int, ...]]:

@@ -1,4 +1,4 @@
-"""`dfc` command line: optimize, eval, inspect.
+"""`dfc` command line: optimize, eval, bns-score, inspect.
 
 Exit codes: 0 success; 2 bad input or usage (the message names the file, node or option);
 1 internal error (one-line hint; `--debug` prints the traceback); 130 interrupted.
@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic calibration data (default: best available)")
     o.add_argument("--calib-samples", type=int, help="number of calibration samples (default 256)")
     o.add_argument("--calibrator", choices=["minmax", "percentile", "mse"], help="activation range rule (default minmax)")
+    o.add_argument("--calib-data", help="calibrate on these inputs instead: .npz with `x` (float, as --save-calib "
+                                        "writes) or `images` (uint8 NHWC, with --input-mean/--input-std)")
+    o.add_argument("--save-calib", help="save the synthesized calibration samples to this .npz (key `x`)")
+    o.add_argument("--inverter-steps", type=int, help="BNS inverter: Adam steps per batch (default 200)")
+    o.add_argument("--inverter-batch", type=int, help="BNS inverter: samples optimised together (default 128)")
+    o.add_argument("--inverter-lr", type=float, help="BNS inverter: Adam learning rate (default 0.1)")
+    o.add_argument("--inverter-copies", type=int, help="BNS inverter: augmented copies per sample and step (default 1)")
+    o.add_argument("--device", help="BNS inverter device, e.g. cpu or cuda (default: cuda when available)")
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     o.add_argument("--input-mean", help="per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406")
     o.add_argument("--input-std", help="per-channel std of the input normalisation")
@@ -85,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     e.add_argument("--debug", action="store_true")
 
+    b = sub.add_parser("bns-score", help="J_KL of a data set against the model's BatchNorm statistics")
+    b.add_argument("model")
+    b.add_argument("--data", required=True, help=".npz with `x` (float model inputs) or `images` (uint8 NHWC)")
+    b.add_argument("--mean", help="per-channel mean for `images` (default: the model's dfc metadata)")
+    b.add_argument("--std", help="per-channel std for `images`")
+    b.add_argument("--batch", type=int, default=256, help="J_KL is the mean over batches of this size (default 256)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--debug", action="store_true")
+
     i = sub.add_parser("inspect", help="per-layer table: op, shapes, params, MACs, BN, quantized")
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
@@ -96,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="dfc: %(message)s")
     try:
-        return {"optimize": cmd_optimize, "eval": cmd_eval, "inspect": cmd_inspect}[args.command](args)
+        return {"optimize": cmd_optimize, "eval": cmd_eval, "inspect": cmd_inspect, "bns-score": cmd_bns_score}[args.command](args)
     except DfcError as err:
         return _fail(str(err), EXIT_USAGE)
     except KeyboardInterrupt:
@@ -109,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_optimize(args) -> int:
     from dfc import progress
-    from dfc.api import optimize_with_report
+    from dfc.api import load_calibration, optimize_with_report
     from dfc.modelio import load_model, save_model_atomic
     from dfc.report import summary_table, write_json_atomic
     from dfc.validation import parse_floats
@@ -117,10 +134,15 @@ def cmd_optimize(args) -> int:
     src, dst = Path(args.input), Path(args.output)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not args.force:
         raise DfcError(f"-o {dst} is the input file; refusing to overwrite it (use --force)")
-    if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits, args.calib)):
-        raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits/--calib")
+    if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits, args.calib,
+                                                       args.calib_data, args.save_calib)):
+        raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits/--calib/--calib-data/--save-calib")
+    if args.calib_data and args.calib:
+        raise DfcError("--calib-data and --calib are exclusive (the data replaces the generator)")
     progress.set_enabled(not args.quiet)
     model = load_model(src)
+    mean, std = parse_floats(args.input_mean, "--input-mean"), parse_floats(args.input_std, "--input-std")
+    calib_data = load_calibration(args.calib_data, mean, std) if args.calib_data else None
     optimized, report = optimize_with_report(
         model,
         prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
@@ -129,7 +151,9 @@ def cmd_optimize(args) -> int:
         prune_step=args.prune_step, prune_global=args.prune_global or None,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, seed=args.seed,
-        input_mean=parse_floats(args.input_mean, "--input-mean"), input_std=parse_floats(args.input_std, "--input-std"),
+        calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,
+        inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
+        device=args.device, input_mean=mean, input_std=std,
         debug=args.debug, measure=not args.no_measure,
     )
     report["input"], report["output"] = str(src), str(dst)
@@ -172,6 +196,32 @@ def cmd_eval(args) -> int:
         lines.append(f"reference top-1: {100 * result['reference_top1']:.2f} %")
         lines.append(f"agreement with reference: {100 * result['agreement']:.2f} %  mean KL: {result['mean_kl']:.5f}")
     print("\n".join(lines))
+    if args.json:
+        print(json.dumps(result))
+    return EXIT_OK
+
+
+def cmd_bns_score(args) -> int:
+    from dfc.api import load_calibration
+    from dfc.inverter import score
+    from dfc.modelio import load_model
+    from dfc.pipeline import PassManager, context_from_model
+    from dfc.validation import check_input_shape, parse_floats
+
+    model = load_model(args.model)
+    ctx = context_from_model(model)
+    mean, std = parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
+    if mean is None and std is None:
+        mean, std = ctx.input_mean, ctx.input_std
+    x = load_calibration(args.data, mean, std)
+    folded = PassManager(["cleanup", "fold-bn"]).run(model, ctx)
+    check_input_shape(folded, x[:2], f"--data {args.data}")
+    if not ctx.bn_stats:
+        raise DfcError(f"{args.model}: no BatchNorm statistics (no BN nodes, no dfc metadata) to score against")
+    value = score(folded, ctx.bn_stats, x, batch=args.batch)
+    result = {"model": args.model, "data": args.data, "n": int(len(x)), "batch": args.batch, "j_kl": value,
+              "bn_layers": len(ctx.bn_stats)}
+    print(f"J_KL {value:.5f} ({len(x)} samples, batches of {args.batch}, {len(ctx.bn_stats)} BN layers + the input)")
     if args.json:
         print(json.dumps(result))
     return EXIT_OK

@@ -58,6 +58,8 @@ class Context:
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     debug: bool = False
+    calibration: np.ndarray | None = None  # synthetic calibration inputs (`synthesize`), for `quantize`
+    calibration_source: str = ""
     logger: logging.Logger = field(default_factory=lambda: log)
 
     def note(self, text: str) -> None:

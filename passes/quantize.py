@@ -184,6 +184,10 @@ class Quantize(Pass):
                 raise DfcError(f"calibration data has sample shape {x.shape[1:]}, input {name!r} expects {shape}")
             return x
         calibration.check_method(o["calib"])
+        if o["calib"] != "gaussian":
+            if ctx.calibration is None or ctx.calibration_source != o["calib"]:
+                raise DfcError(f"--calib {o['calib']}: no synthesized samples; run the `synthesize` pass before `quantize`")
+            return ctx.calibration
         n = int(o["calib_samples"])
         if n < 1:
             raise DfcError(f"--calib-samples must be >= 1, got {n}")

@@ -120,3 +120,22 @@ def conv_bn_relu_cnn(seed: int = 0) -> onnx.ModelProto:
     }
     nodes = cnn_nodes(residual=True)
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4])], inits)
+
+
+def calibrate_bn(model, x):
+    """Set every BN's running mean/var to the statistics of its input on `x`, in graph order (as
+    training leaves them), so that the BN-moment model describes the network on inputs like x."""
+    from dfc.runtime import make_session
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    for node in [n for n in m.graph.node if n.op_type == "BatchNormalization"]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        probe.graph.output.append(helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+        sess = make_session(probe)
+        a = sess.run([node.input[0]], {sess.get_inputs()[0].name: x})[0]
+        for name, v in ((node.input[3], a.mean((0, 2, 3))), (node.input[4], a.var((0, 2, 3)))):
+            inits[name].CopyFrom(numpy_helper.from_array(v.astype(np.float32), name))
+    return m

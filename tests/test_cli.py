@@ -25,25 +25,28 @@ def digits_npz(tmp_path_factory):
     return p
 
 
+FAST_BNS = ["--calib-samples", "64", "--inverter-steps", "20"]  # the default BNS calibration, shortened
+
+
 def test_optimize_demo_writes_model_report_and_summary(tmp_path, capsys):
     out, rep = tmp_path / "d.onnx", tmp_path / "r.json"
     before = _sha(DEMO)
-    assert main(["optimize", str(DEMO), "-o", str(out), "--report", str(rep), "-q"]) == 0
+    assert main(["optimize", str(DEMO), "-o", str(out), "--report", str(rep), "-q", *FAST_BNS]) == 0
     assert _sha(DEMO) == before  # the input is never modified
     onnx.checker.check_model(onnx.load(out))
     r = json.loads(rep.read_text())
     assert r["after"]["size_bytes"] < r["before"]["size_bytes"]
     assert r["after"]["quantized_layers"] == r["after"]["layers"] == 4
     assert 0 < r["latency"]["ratio"] and 0.9 <= r["fidelity"]["agreement"] <= 1.0
-    assert r["passes"]["quantize"]["wbits"] == 8
-    main(["optimize", str(DEMO), "-o", str(out)])
+    assert r["passes"]["quantize"]["wbits"] == 8 and r["passes"]["quantize"]["calibration"] == "bns"
+    main(["optimize", str(DEMO), "-o", str(out), "--calib", "gaussian"])
     text = capsys.readouterr().out
     assert "size on disk" in text and "ORT latency" in text and "agreement" in text
 
 
 def test_eval_json_last_line(tmp_path, digits_npz, capsys):
     out = tmp_path / "d.onnx"
-    assert main(["optimize", str(DEMO), "-o", str(out), "-q", "--no-measure"]) == 0
+    assert main(["optimize", str(DEMO), "-o", str(out), "-q", "--no-measure", *FAST_BNS]) == 0
     capsys.readouterr()
     assert main(["eval", str(out), "--data", str(digits_npz), "--reference", str(DEMO), "--json"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -74,7 +77,7 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
     [
         (["--prune-step", "0"], "--prune-step must be in (0, 1]"),
         (["--alpha-p", "-1"], "--alpha-p must be a finite number >= 0"),
-        (["--calib", "bns"], "--calib bns is not implemented yet"),
+        (["--calib", "bns", "--inverter-lr", "0"], "--inverter-lr must be a positive number"),
         (["--prune", "1.5"], "--prune must be a ratio in [0, 1)"),
         (["--wbits", "9"], "--wbits must be an integer bit width in 2..8"),
         (["--abits", "1"], "--abits must be an integer bit width in 2..8"),
@@ -117,7 +120,7 @@ def test_output_equal_to_input_is_refused_without_force(tmp_path, capsys):
     before = _sha(copy)
     assert main(["optimize", str(copy), "-o", str(copy), "-q"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err and _sha(copy) == before
-    assert main(["optimize", str(copy), "-o", str(copy), "-q", "--force", "--no-measure"]) == 0
+    assert main(["optimize", str(copy), "-o", str(copy), "-q", "--force", "--no-measure", "--calib", "gaussian"]) == 0
     assert _sha(copy) != before
 
 

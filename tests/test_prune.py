@@ -166,13 +166,12 @@ def test_prebn_criterion_without_bn_statistics_says_it_falls_back():
 
 def test_real_resnet56_all_scope_half_channels(cifar_exact):
     m = onnx.load(shared_file("models/resnet56_cifar10.onnx"))
-    out, rep = prune(m, prune=0.5, prune_scope="all")
+    out, rep = prune(m, prune=0.5, prune_scope="all", criterion="l1-prebn", compensate="none")
     assert rep["after"]["weight_params"] <= 0.3 * rep["before"]["weight_params"]
     widths = sorted(set(_channels(out).values()))
     assert widths == [8, 10, 16, 32]  # stage widths halved, logits kept
-    top1 = float((run(out, cifar_exact[0]).argmax(1) == cifar_exact[1]).mean())
-    print(f"ResNet-56 0.5 all l1, no compensation: top-1 {100 * top1:.2f}")
-    assert 0.0 <= top1 <= 1.0
+    logits = run(out, cifar_exact[0][:64])
+    assert logits.shape == (64, 10) and np.isfinite(logits).all()
 
 
 # ---------------------------------------------------------------- dense pair-wise (PAODING)

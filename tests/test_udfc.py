@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import cnn_nodes, make_model, rand, run
+from conftest import calibrate_bn, cnn_nodes, make_model, rand, run
 from onnx import helper
 from scipy.optimize import minimize_scalar
 
@@ -80,28 +80,6 @@ def chain_cnn(seed=0, proportional=None, width=6, convs=2):
         inits["fc_w"] = inits["fc_w"][:, :width]
         inits = {k: v for k, v in inits.items() if not k.startswith(("w2", "bn2"))}
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4])], inits)
-
-
-def calibrate_bn(model, x):
-    """Set every BN's running mean/var to the statistics of its input on `x`, in graph order (as
-    training leaves them), so that the BN-moment model describes the network on inputs like x."""
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = {i.name: i for i in m.graph.initializer}
-    for node in [n for n in m.graph.node if n.op_type == "BatchNormalization"]:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(m)
-        probe.graph.output.append(helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
-        from dfc.runtime import make_session
-
-        sess = make_session(probe)
-        a = sess.run([node.input[0]], {sess.get_inputs()[0].name: x})[0]
-        for name, v in ((node.input[3], a.mean((0, 2, 3))), (node.input[4], a.var((0, 2, 3)))):
-            inits[name].CopyFrom(numpy_helper.from_array(v.astype(np.float32), name))
-    return m
 
 
 def _prune(model, **kw):
@@ -180,7 +158,8 @@ def test_requant_reduces_the_quantization_error_of_the_next_layer():
     ref = run(model, x)
     errs = {}
     for comp in ("none", "udfc"):
-        out, rep = optimize_with_report(model, wbits=3, abits=8, first_last_bits=8, compensate=comp, measure=False)
+        out, rep = optimize_with_report(model, wbits=3, abits=8, first_last_bits=8, compensate=comp, measure=False,
+                                         calib="gaussian")
         errs[comp] = float(np.mean((run(out, x) - ref) ** 2))
         if comp == "udfc":
             assert rep["passes"]["udfc-requant"]["layers_compensated"] >= 1

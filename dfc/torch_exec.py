@@ -1,0 +1,288 @@
+"""A torch executor of an ONNX graph, so that gradients flow to the input (for the BNS inverter).
+
+`TorchGraph(model)` is a `torch.nn.Module` whose forward runs the graph node by node with torch
+ops and returns the graph outputs plus any `watch`ed intermediate tensors. It is tested against
+ONNX Runtime (the onnx2torch package mis-converts the option-A shortcut of the CIFAR ResNets, so
+nothing is assumed). Ops: Conv (grouped/depthwise), BatchNormalization (inference), Relu, Clip,
+LeakyRelu, Sigmoid, HardSigmoid, HardSwish, Add, Mul, Sub, Div, Gemm, MatMul, Pad, Slice, Concat,
+Reshape, Flatten, Transpose, Squeeze, Unsqueeze, GlobalAveragePool, AveragePool, MaxPool,
+ReduceMean, Softmax, Identity, Dropout, Constant. Any other op is a DfcError naming the node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+import torch.nn.functional as F
+
+from dfc import ir
+from dfc.errors import DfcError
+
+
+def _ints(v) -> list[int]:
+    return [int(a) for a in np.asarray(v).ravel()]
+
+
+class TorchGraph(torch.nn.Module):
+    """Runs `model` (onnx.ModelProto or gs.Graph, shapes not needed) with torch; float32."""
+
+    def __init__(self, model: onnx.ModelProto | gs.Graph, watch: list[str] | tuple = ()):
+        super().__init__()
+        graph = ir.import_graph(model) if isinstance(model, onnx.ModelProto) else model.copy()
+        graph.toposort()
+        self.opset = int(graph.opset)
+        self.nodes = list(graph.nodes)
+        self.input_names = [t.name for t in graph.inputs]
+        self.output_names = [t.name for t in graph.outputs]
+        self.watch = list(watch)
+        self._const_names: dict[str, str] = {}
+        consts = {}
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Constant):
+                consts[t.name] = np.asarray(t.values)
+        for i, (name, v) in enumerate(sorted(consts.items())):
+            key = f"c{i}"
+            self._const_names[name] = key
+            tensor = torch.from_numpy(np.array(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype, copy=True))
+            self.register_buffer(key, tensor, persistent=False)
+        known = set(consts) | set(self.input_names)
+        for n in self.nodes:
+            if n.op not in _OPS:
+                raise DfcError(f"the torch executor does not support op {n.op} (node {n.name!r})")
+            known.update(o.name for o in n.outputs)
+        missing = [w for w in self.watch if w not in known]
+        if missing:
+            raise DfcError(f"tensor(s) {missing[:3]} are not in the graph")
+
+    def const(self, name: str) -> torch.Tensor:
+        return getattr(self, self._const_names[name])
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        env: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs))
+        for name in self._const_names:
+            env[name] = self.const(name)
+        for n in self.nodes:
+            args = [env[t.name] if t is not None and t.name else None for t in n.inputs]
+            try:
+                outs = _OPS[n.op](self, n, args)
+            except DfcError:
+                raise
+            except Exception as e:  # a torch error on a supported op: name the node
+                raise DfcError(f"torch executor failed at node {n.name!r} ({n.op}): {e}") from e
+            if not isinstance(outs, (list, tuple)):
+                outs = [outs]
+            for t, v in zip(n.outputs, outs):
+                env[t.name] = v
+        return [env[o] for o in self.output_names], {w: env[w] for w in self.watch}
+
+
+# ------------------------------------------------------------------ ops
+
+
+def _spatial_pad(x: torch.Tensor, pads: list[int], value: float = 0.0) -> tuple[torch.Tensor, list[int] | int]:
+    """ONNX pads [b1..bk, e1..ek] over the spatial dims: symmetric -> conv padding, else F.pad first."""
+    k = len(pads) // 2
+    if not any(pads):
+        return x, 0
+    if pads[:k] == pads[k:]:
+        return x, pads[:k]
+    torch_pads = []
+    for d in reversed(range(k)):
+        torch_pads += [pads[d], pads[d + k]]
+    return F.pad(x, torch_pads, value=value), 0
+
+
+def _conv(m, n, a):
+    x, w = a[0], a[1]
+    b = a[2] if len(a) > 2 else None
+    if n.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise DfcError(f"Conv node {n.name!r}: auto_pad is not supported by the torch executor")
+    k = w.dim() - 2
+    x, pad = _spatial_pad(x, _ints(n.attrs.get("pads", [0] * 2 * k)))
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[k]
+    return conv(x, w, b, stride=_ints(n.attrs.get("strides", [1] * k)), padding=pad,
+                dilation=_ints(n.attrs.get("dilations", [1] * k)), groups=int(n.attrs.get("group", 1)))
+
+
+def _bn(m, n, a):
+    return F.batch_norm(a[0], a[3], a[4], a[1], a[2], training=False, eps=float(n.attrs.get("epsilon", 1e-5)))
+
+
+def _clip(m, n, a):
+    lo = a[1] if len(a) > 1 and a[1] is not None else n.attrs.get("min")
+    hi = a[2] if len(a) > 2 and a[2] is not None else n.attrs.get("max")
+    lo = float(lo) if lo is not None else None
+    hi = float(hi) if hi is not None else None
+    return torch.clamp(a[0], lo, hi)
+
+
+def _hardsigmoid(m, n, a):
+    alpha, beta = float(n.attrs.get("alpha", 0.2)), float(n.attrs.get("beta", 0.5))
+    return torch.clamp(alpha * a[0] + beta, 0.0, 1.0)
+
+
+def _gemm(m, n, a):
+    x, w = a[0], a[1]
+    if int(n.attrs.get("transA", 0)):
+        x = x.t()
+    if int(n.attrs.get("transB", 0)):
+        w = w.t()
+    y = float(n.attrs.get("alpha", 1.0)) * (x @ w)
+    if len(a) > 2 and a[2] is not None:
+        y = y + float(n.attrs.get("beta", 1.0)) * a[2]
+    return y
+
+
+def _pad(m, n, a):
+    x = a[0]
+    if m.opset >= 11:
+        pads = _ints(a[1].cpu().numpy())
+        value = float(a[2]) if len(a) > 2 and a[2] is not None else 0.0
+        axes = _ints(a[3].cpu().numpy()) if len(a) > 3 and a[3] is not None else list(range(x.dim()))
+    else:
+        pads, value, axes = _ints(n.attrs["pads"]), float(n.attrs.get("value", 0.0)), list(range(x.dim()))
+    axes = [ax % x.dim() for ax in axes]
+    mode = n.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    full = [0] * (2 * x.dim())
+    for i, ax in enumerate(axes):
+        full[ax], full[ax + x.dim()] = pads[i], pads[i + len(axes)]
+    torch_pads = []
+    for d in reversed(range(x.dim())):
+        torch_pads += [full[d], full[d + x.dim()]]
+    if mode == "constant":
+        return F.pad(x, torch_pads, value=value)
+    lead = next((d for d in range(x.dim()) if full[d] or full[d + x.dim()]), x.dim())
+    if lead < 2:
+        raise DfcError(f"Pad node {n.name!r}: mode {mode} on the batch/channel axes is not supported")
+    return F.pad(x, torch_pads[: 2 * (x.dim() - 2)], mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
+def _slice(m, n, a):
+    x = a[0]
+    starts, ends = _ints(a[1].cpu().numpy()), _ints(a[2].cpu().numpy())
+    axes = _ints(a[3].cpu().numpy()) if len(a) > 3 and a[3] is not None else list(range(len(starts)))
+    steps = _ints(a[4].cpu().numpy()) if len(a) > 4 and a[4] is not None else [1] * len(starts)
+    idx = [slice(None)] * x.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        if st <= 0:
+            raise DfcError(f"Slice node {n.name!r}: non-positive steps are not supported by the torch executor")
+        size = x.shape[ax]
+        s = max(0, min(s + size if s < 0 else s, size))
+        e = max(0, min(e + size if e < 0 else e, size))
+        idx[ax % x.dim()] = slice(s, e, st)
+    return x[tuple(idx)]
+
+
+def _reshape(m, n, a):
+    shape = _ints(a[1].cpu().numpy())
+    if not int(n.attrs.get("allowzero", 0)):
+        shape = [a[0].shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return a[0].reshape(shape)
+
+
+def _flatten(m, n, a):
+    axis = int(n.attrs.get("axis", 1)) % max(a[0].dim(), 1)
+    lead = int(np.prod(a[0].shape[:axis])) if axis else 1
+    return a[0].reshape(lead, -1)
+
+
+def _axes(m, n, a, i):
+    if len(a) > i and a[i] is not None:
+        return _ints(a[i].cpu().numpy())
+    v = n.attrs.get("axes")
+    return None if v is None else _ints(v)
+
+
+def _squeeze(m, n, a):
+    axes = _axes(m, n, a, 1)
+    if axes is None:
+        return a[0].squeeze()
+    x = a[0]
+    for ax in sorted((ax % x.dim() for ax in axes), reverse=True):
+        x = x.squeeze(ax)
+    return x
+
+
+def _unsqueeze(m, n, a):
+    x = a[0]
+    axes = _axes(m, n, a, 1)
+    rank = x.dim() + len(axes)
+    for ax in sorted(ax % rank for ax in axes):
+        x = x.unsqueeze(ax)
+    return x
+
+
+def _pool(m, n, a):
+    x = a[0]
+    k = x.dim() - 2
+    kernel = _ints(n.attrs["kernel_shape"])
+    strides = _ints(n.attrs.get("strides", [1] * k))
+    pads = _ints(n.attrs.get("pads", [0] * 2 * k))
+    ceil = bool(int(n.attrs.get("ceil_mode", 0)))
+    if pads[:k] != pads[k:]:
+        raise DfcError(f"{n.op} node {n.name!r}: asymmetric pads are not supported by the torch executor")
+    if n.op == "MaxPool":
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[k]
+        return pool(x, kernel, strides, pads[:k], dilation=_ints(n.attrs.get("dilations", [1] * k)), ceil_mode=ceil)
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[k]
+    return pool(x, kernel, strides, pads[:k], ceil_mode=ceil, count_include_pad=bool(int(n.attrs.get("count_include_pad", 0))))
+
+
+def _reduce_mean(m, n, a):
+    axes = _axes(m, n, a, 1) if m.opset >= 18 else (_ints(n.attrs["axes"]) if "axes" in n.attrs else None)
+    keep = bool(int(n.attrs.get("keepdims", 1)))
+    if axes is None:
+        axes = list(range(a[0].dim()))
+    return a[0].mean(dim=[ax % a[0].dim() for ax in axes], keepdim=keep)
+
+
+def _softmax(m, n, a):
+    axis = int(n.attrs.get("axis", -1 if m.opset >= 13 else 1))
+    if m.opset < 13:  # coerced to 2-D at `axis`
+        shape = a[0].shape
+        return torch.softmax(a[0].reshape(int(np.prod(shape[:axis])), -1), dim=1).reshape(shape)
+    return torch.softmax(a[0], dim=axis)
+
+
+def _constant(m, n, a):
+    v = n.attrs["value"]
+    arr = np.asarray(v.values if hasattr(v, "values") else v)
+    return torch.from_numpy(np.array(arr, dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype, copy=True))
+
+
+_OPS = {
+    "Conv": _conv,
+    "BatchNormalization": _bn,
+    "Relu": lambda m, n, a: F.relu(a[0]),
+    "Clip": _clip,
+    "LeakyRelu": lambda m, n, a: F.leaky_relu(a[0], float(n.attrs.get("alpha", 0.01))),
+    "Sigmoid": lambda m, n, a: torch.sigmoid(a[0]),
+    "HardSigmoid": _hardsigmoid,
+    "HardSwish": lambda m, n, a: F.hardswish(a[0]),
+    "Add": lambda m, n, a: a[0] + a[1],
+    "Sub": lambda m, n, a: a[0] - a[1],
+    "Mul": lambda m, n, a: a[0] * a[1],
+    "Div": lambda m, n, a: a[0] / a[1],
+    "Gemm": _gemm,
+    "MatMul": lambda m, n, a: torch.matmul(a[0], a[1]),
+    "Pad": _pad,
+    "Slice": _slice,
+    "Concat": lambda m, n, a: torch.cat(a, dim=int(n.attrs["axis"])),
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Transpose": lambda m, n, a: a[0].permute(*(_ints(n.attrs["perm"]) if "perm" in n.attrs else reversed(range(a[0].dim())))),
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "GlobalAveragePool": lambda m, n, a: a[0].mean(dim=tuple(range(2, a[0].dim())), keepdim=True),
+    "AveragePool": _pool,
+    "MaxPool": _pool,
+    "ReduceMean": _reduce_mean,
+    "Softmax": _softmax,
+    "Identity": lambda m, n, a: a[0],
+    "Dropout": lambda m, n, a: a[0],
+    "Constant": _constant,
+}
+SUPPORTED_OPS = tuple(sorted(_OPS))

@@ -1,0 +1,42 @@
+"""`synthesize`: calibration samples from the model's BN statistics (the BNS inverter, `dfc.inverter`).
+
+Runs on the BN-folded float graph (before pruning, so the statistics describe the graph exactly),
+leaves the graph unchanged and puts the samples in `ctx.calibration` for `quantize`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+
+import onnx_graphsurgeon as gs
+
+from dfc import ir
+from dfc.inverter import Inverter, InverterConfig, pick_device
+from dfc.pipeline import Context, Pass, register
+
+
+@register
+class Synthesize(Pass):
+    name = "synthesize"
+
+    @classmethod
+    def default_options(cls):
+        return asdict(InverterConfig())
+
+    def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
+        cfg = InverterConfig(**{f.name: self.options[f.name] for f in fields(InverterConfig)})
+        if ctx.input_range() is None:
+            ctx.note("synthesize: input normalisation unknown (no --input-mean/--input-std); samples are not clamped "
+                     "to a valid pixel range and the input is assumed normalised to N(0, 1)")
+        t0 = time.perf_counter()
+        inv = Inverter(ir.export_model(graph), ctx.bn_stats, ctx.input_range(), cfg)
+        x = inv.generate()
+        dt = time.perf_counter() - t0
+        ctx.calibration, ctx.calibration_source = x, cfg.method
+        ctx.results["synthesize"] = {
+            "method": cfg.method, "samples": int(len(x)), "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr,
+            "copies": cfg.copies, "device": str(pick_device(cfg.device)), "final_j_kl": inv.last_jkl,
+            "samples_per_second": round(len(x) / dt, 3),
+        }
+        return graph
