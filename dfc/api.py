@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "calib": None,  # None = best available data-free calibration
     "calib_samples": 256,
     "calib_data": None,
-    "calibrator": "minmax",
+    "calibrator": "mse",
     "save_calib": None,  # path: keep the calibration samples (.npz, key `x`)
     "inverter_steps": 200,
     "inverter_batch": 128,
@@ -200,7 +200,7 @@ def optimize(model_or_path, **options) -> onnx.ModelProto:
     prune_step=0.05, prune_global=False,
     compensate='udfc', udfc_partners='nnls', udfc_loss='bn', alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
     first_last_bits=8, no_quant=False, calib=None (best
-    available), calib_samples=256, calibrator='minmax', seed=0, input_mean/input_std=None."""
+    available), calib_samples=256, calibrator='mse', seed=0, input_mean/input_std=None."""
     return optimize_with_report(model_or_path, **{"measure": False, **options})[0]
 
 

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--calib", choices=["bns", "gaussian", "inception", "bns+inception"],
                    help="synthetic calibration data (default: best available)")
     o.add_argument("--calib-samples", type=int, help="number of calibration samples (default 256)")
-    o.add_argument("--calibrator", choices=["minmax", "percentile", "mse"], help="activation range rule (default minmax)")
+    o.add_argument("--calibrator", choices=["minmax", "percentile", "mse"], help="activation range rule (default mse: the range that minimises the quantization error)")
     o.add_argument("--calib-data", help="calibrate on these inputs instead: .npz with `x` (float, as --save-calib "
                                         "writes) or `images` (uint8 NHWC, with --input-mean/--input-std)")
     o.add_argument("--save-calib", help="save the synthesized calibration samples to this .npz (key `x`)")

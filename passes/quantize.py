@@ -72,7 +72,7 @@ class Quantize(Pass):
             "calib": "gaussian",
             "calib_samples": 256,
             "calib_data": None,  # an array of inputs, overrides `calib`
-            "calibrator": "minmax",
+            "calibrator": "mse",
             "percentile": 99.99,
         }
 

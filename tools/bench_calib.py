@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--sets", default="bns,gaussian,real")
     ap.add_argument("--precisions", default="w4a4,w4a8,w8a8")
-    ap.add_argument("--calibrator", default="minmax")
+    ap.add_argument("--calibrator", default="mse")
     ap.add_argument("--steps", type=int, default=None, help="inverter steps (default: dfc's)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json")
