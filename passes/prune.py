@@ -6,10 +6,13 @@
    layer's groups are gone (uniform), or R of all groups ranked together (`global_rank`). The
    graph is re-analysed and the groups re-ranked after every step.
 Criteria on the BN-folded weights of a group's origin layers (mean over its origins):
-  l1 = Σ|W[o]|,  l2 = ‖W[o]‖₂,  paoding = Σ|W[o]| / (k_h·k_w·C_in)  (PAODING's filter "scale").
+  l1 = Σ|W[o]|,  l2 = ‖W[o]‖₂,  paoding = Σ|W[o]| / (k_h·k_w·C_in)  (PAODING's filter "scale"),
+  l1-prebn = Σ|W[o]| of the filter before BN folding;
+  udfc (default) = ‖W2[:, o]‖² · E‖a_o − â_o‖², the consumers' error after UDFC rebuilds channel o
+  from the others (`dfc.compensation.removal_errors`; plain removal error when not compensating).
 With `paoding`, dense layers are pruned pair-wise instead (`dfc.pairwise`): a removed neuron's
 outgoing weights are merged into its most similar survivor's.
-With `compensate` = udfc every other removed group is first rebuilt from the kept groups of its
+With `compensate` = udfc every removed group is first rebuilt from the kept groups of its
 family by rescaling their consumer weights (`dfc.compensation.compensate_pruned`): one partner or a
 non-negative combination (`partners`), on the BN-moment or the weights loss (`loss`); with
 `weight_bits` = (wbits, first_last_bits) the partners' filters are taken as they will be quantized.
