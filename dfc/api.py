@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "calibrator": "mse",
     "save_calib": None,  # path: keep the calibration samples (.npz, key `x`)
     "inverter_steps": 200,
-    "inverter_batch": 128,
+    "inverter_batch": 256,
     "inverter_lr": 0.1,
     "inverter_copies": 1,
     "device": None,  # inverter device; None: cuda when available

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "writes) or `images` (uint8 NHWC, with --input-mean/--input-std)")
     o.add_argument("--save-calib", help="save the synthesized calibration samples to this .npz (key `x`)")
     o.add_argument("--inverter-steps", type=int, help="BNS inverter: Adam steps per batch (default 200)")
-    o.add_argument("--inverter-batch", type=int, help="BNS inverter: samples optimised together (default 128)")
+    o.add_argument("--inverter-batch", type=int, help="BNS inverter: samples optimised together (default 256)")
     o.add_argument("--inverter-lr", type=float, help="BNS inverter: Adam learning rate (default 0.1)")
     o.add_argument("--inverter-copies", type=int, help="BNS inverter: augmented copies per sample and step (default 1)")
     o.add_argument("--device", help="BNS inverter device, e.g. cpu or cuda (default: cuda when available)")

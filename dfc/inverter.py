@@ -35,7 +35,7 @@ METHODS = ("bns", "inception", "bns+inception")
 class InverterConfig:
     method: str = "bns"
     samples: int = 256
-    batch: int = 128  # samples optimised together (BN statistics are batch statistics)
+    batch: int = 256  # samples optimised together (BN statistics are batch statistics)
     steps: int = 200
     lr: float = 0.1
     copies: int = 1  # augmented copies of each sample per step
