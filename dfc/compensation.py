@@ -89,14 +89,20 @@ class WeightEditor:
     def __init__(self) -> None:
         self.edited: dict[int, tuple[gs.Node, np.ndarray]] = {}
 
+    def current(self, node: gs.Node) -> np.ndarray:
+        """The node's weight as edited so far (read only; reading does not mark it edited)."""
+        hit = self.edited.get(id(node))
+        return hit[1] if hit is not None else ir.const_value(node.inputs[1])
+
     def weight(self, node: gs.Node) -> np.ndarray:
+        """The node's weight for editing (a float64 copy, written back by `commit`)."""
         if id(node) not in self.edited:
             self.edited[id(node)] = (node, np.array(ir.const_value(node.inputs[1]), dtype=np.float64, copy=True))
         return self.edited[id(node)][1]
 
     def rows(self, node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
         """(filter rows [C_out, D], bias [C_out]) as the layer computes them (Gemm alpha/beta applied)."""
-        w = self.weight(node)
+        w = np.asarray(self.current(node), np.float64)
         b = ir.const_value(ir.input_at(node, 2))
         if node.op == "Conv":
             rows = w.reshape(w.shape[0], -1)
@@ -322,6 +328,6 @@ def consumer_norms(groups: list[Group], editor: WeightEditor) -> np.ndarray:
     out = np.zeros(len(groups))
     for k, g in enumerate(groups):
         for node, _, feats in g.sinks:
-            w = editor.weight(node)
+            w = editor.current(node)
             out[k] += float((w[:, feats] ** 2).sum() if _sink_axis(node) == 1 else (w[feats] ** 2).sum())
     return out

@@ -55,8 +55,9 @@ class BNTarget:
     mask: torch.Tensor  # channels whose std > 0
 
 
-def bn_targets(bn_stats: dict, tensors: set[str]) -> list[BNTarget]:
+def bn_targets(bn_stats: dict, model: onnx.ModelProto) -> list[BNTarget]:
     """Targets N(β, γ²) of the folded BN outputs that exist in the graph (channels with γ = 0 skipped)."""
+    tensors = {o for n in model.graph.node for o in n.output}
     out = []
     for name, st in sorted(bn_stats.items()):
         if name not in tensors:
@@ -147,8 +148,7 @@ class Inverter:
                 raise DfcError(f"inverter {key} must be >= 1, got {getattr(cfg, key)!r}")
         if not cfg.lr > 0:
             raise DfcError(f"inverter learning rate must be > 0, got {cfg.lr!r}")
-        tensors = {o for n in model.graph.node for o in n.output}
-        self.targets = bn_targets(bn_stats, tensors)
+        self.targets = bn_targets(bn_stats, model)
         if cfg.method != "inception" and not self.targets:
             raise DfcError("the BNS inverter needs BatchNorm statistics and the model has none; use --calib gaussian")
         self.device = pick_device(cfg.device)
@@ -234,8 +234,7 @@ def score(model: onnx.ModelProto, bn_stats: dict, x: np.ndarray, batch: int = 25
     (the mean of the per-batch J_KL, so that sets of different sizes compare at the same batch size)."""
     from dfc.torch_exec import TorchGraph
 
-    tensors = {o for n in model.graph.node for o in n.output}
-    targets = bn_targets(bn_stats, tensors)
+    targets = bn_targets(bn_stats, model)
     if not targets:
         raise DfcError("the model has no BatchNorm statistics to score against")
     net = TorchGraph(model, watch=[t.tensor for t in targets]).eval()

@@ -141,7 +141,14 @@ class Prune(Pass):
             for g in analysis.groups:
                 if in_scope(g, scope) and g.family in n0:
                     families[g.family].append(g)
-            want = self._targets(families, n0, removed, r, lambda groups: self._scores(groups, analysis, ctx))
+            scored: dict[tuple, np.ndarray] = {}
+
+            def scores_of(fam: tuple) -> np.ndarray:  # once per family and step (global ranking needs them too)
+                if fam not in scored:
+                    scored[fam] = self._scores(families[fam], analysis, ctx)
+                return scored[fam]
+
+            want = self._targets(families, n0, removed, r, scores_of)
             chosen: list[Group] = []
             pairs = []
             bounds = None
@@ -159,8 +166,7 @@ class Prune(Pass):
                     chosen += [d for _, d in fam_pairs]
                     dense_layers.add(fam)
                 else:
-                    scores = self._scores(groups, analysis, ctx)
-                    drop = sorted(np.argsort(scores, kind="stable")[:count].tolist())
+                    drop = sorted(np.argsort(scores_of(fam), kind="stable")[:count].tolist())
                     chosen += [groups[i] for i in drop]
                     if o["compensate"] != "none":
                         self._compensate(groups, drop, analysis, editor, bits, ctx, comp, skipped)
@@ -218,8 +224,8 @@ class Prune(Pass):
         # global: rank every candidate by the criterion, normalised per layer by the paoding scale
         total = round(r * sum(n0.values())) - sum(removed.values())
         ranked = []
-        for fam, groups in families.items():
-            for s in score(groups):
+        for fam in families:
+            for s in score(fam):
                 ranked.append((s, fam))
         ranked.sort(key=lambda t: t[0])
         want: Counter = Counter()

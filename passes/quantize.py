@@ -53,9 +53,11 @@ def _is_edge(n: gs.Node, weighted: list[gs.Node]) -> bool:
     return n is weighted[0] or n is weighted[-1]
 
 
-def weight_bit_plan(graph: gs.Graph, wbits: int, first_last_bits: int) -> dict[str, int]:
-    """Layer name -> weight bits: `first_last_bits` for the first and last quantizable layers, else `wbits`."""
-    weighted = quantizable_layers(graph)
+def weight_bit_plan(graph: gs.Graph, wbits: int, first_last_bits: int, weighted: list[gs.Node] | None = None
+                    ) -> dict[str, int]:
+    """Layer name -> weight bits: `first_last_bits` for the first and last quantizable layers, else
+    `wbits` (`weighted`: the graph's `quantizable_layers`, when the caller has them)."""
+    weighted = quantizable_layers(graph) if weighted is None else weighted
     return {n.name: (first_last_bits if _is_edge(n, weighted) else wbits) for n in weighted}
 
 
@@ -93,7 +95,7 @@ class Quantize(Pass):
         if not weighted:
             ctx.note("quantize: no Conv/Gemm/MatMul with constant weights found; the model is left in float")
             return graph
-        plan = weight_bit_plan(graph, o["wbits"], o["first_last_bits"])
+        plan = weight_bit_plan(graph, o["wbits"], o["first_last_bits"], weighted)
         layer_bits = {id(n): plan[n.name] for n in weighted}
         layer_abits = {id(n): (o["first_last_bits"] if _is_edge(n, weighted) else o["abits"]) for n in weighted}
 
