@@ -95,6 +95,12 @@ def resolve_options(options: dict) -> dict:
     return o
 
 
+def _synthesize_pass(o: dict, method: str):
+    return get_pass("synthesize", method=method, samples=int(o["calib_samples"]), steps=int(o["inverter_steps"]),
+                    batch=int(o["inverter_batch"]), lr=float(o["inverter_lr"]), copies=int(o["inverter_copies"]),
+                    seed=int(o["seed"]), device=o["device"])
+
+
 def build_passes(o: dict, ctx: Context) -> list:
     quantizing, compensating = not o["no_quant"], o["compensate"] != "none"
     passes = [get_pass("cleanup"), get_pass("fold-bn")]
@@ -104,9 +110,7 @@ def build_passes(o: dict, ctx: Context) -> list:
         if o["calib"] is None and calib == "gaussian":
             ctx.note("no BatchNorm statistics: calibrating on Gaussian noise (the BNS inverter needs them)")
         if calib != "gaussian":
-            passes.append(get_pass("synthesize", method=calib, samples=int(o["calib_samples"]), steps=int(o["inverter_steps"]),
-                                   batch=int(o["inverter_batch"]), lr=float(o["inverter_lr"]),
-                                   copies=int(o["inverter_copies"]), seed=int(o["seed"]), device=o["device"]))
+            passes.append(_synthesize_pass(o, calib))
     passes += [
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
                  step=float(o["prune_step"]), global_rank=bool(o["prune_global"]), compensate=o["compensate"],
@@ -132,16 +136,9 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
 
     o = resolve_options(options)
     original = as_model(model_or_path)
-    ctx = context_from_model(original, seed=int(o["seed"]), debug=bool(o["debug"]))
-    if o["input_mean"] is not None or o["input_std"] is not None:
-        from dfc.validation import check_normalisation
-
-        mean = np.asarray(o["input_mean"], np.float32).ravel() if o["input_mean"] is not None else None
-        std = np.asarray(o["input_std"], np.float32).ravel() if o["input_std"] is not None else None
-        check_normalisation(mean, std, _input_channels(original))
-        ctx.input_mean, ctx.input_std = mean, std
-    ctx.bn_stats_found = ctx.bn_stats_found or any(n.op_type == "BatchNormalization" for n in original.graph.node)
-    optimized = PassManager(build_passes(o, ctx), debug=o["debug"]).run(original, ctx)
+    ctx = _context(original, o)
+    work = _prepared(original, o, ctx)
+    optimized = PassManager(build_passes(o, ctx), debug=o["debug"]).run(work, ctx)
     check_model(optimized, what="the optimized model")
     if o["save_calib"]:
         save_calibration(o["save_calib"], ctx)
@@ -157,24 +154,66 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     return optimized, report
 
 
+def _context(original: onnx.ModelProto, o: dict) -> Context:
+    """The run's context: seed, debug, BN statistics from the model, checked input normalisation."""
+    ctx = context_from_model(original, seed=int(o["seed"]), debug=bool(o["debug"]))
+    if o["input_mean"] is not None or o["input_std"] is not None:
+        from dfc.validation import check_normalisation
+
+        mean = np.asarray(o["input_mean"], np.float32).ravel() if o["input_mean"] is not None else None
+        std = np.asarray(o["input_std"], np.float32).ravel() if o["input_std"] is not None else None
+        check_normalisation(mean, std, _input_channels(original))
+        ctx.input_mean, ctx.input_std = mean, std
+    ctx.bn_stats_found = ctx.bn_stats_found or any(n.op_type == "BatchNormalization" for n in original.graph.node)
+    return ctx
+
+
+def _prepared(original: onnx.ModelProto, o: dict, ctx: Context) -> onnx.ModelProto:
+    """The input checked before any work (dfc.preflight) and, when quantizing, lifted to opset 13 if older."""
+    from dfc import preflight
+
+    quantizing = not o["no_quant"]
+    preflight.check_input(original, quantizing)
+    if not quantizing:
+        return original
+    lifted, note = preflight.lift_opset_for_qdq(original)
+    if note:
+        ctx.note(note)
+    return lifted
+
+
+def calibration_set(model_or_path, **options) -> tuple[np.ndarray, dict]:
+    """The data-free calibration samples that `optimize` with these options calibrates on, without pruning or
+    quantizing: Gaussian noise (salt 1, as `quantize` draws it) or the `synthesize` pass on the BN-folded graph
+    (same seed, same samples). Several runs can share one synthesis through `calib_data=`.
+    Returns (samples, info with `method` and `seconds`)."""
+    import time
+
+    o = resolve_options(options)
+    original = as_model(model_or_path)
+    ctx = _context(original, o)
+    original = _prepared(original, {**o, "no_quant": False}, ctx)
+    method = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
+    t0 = time.perf_counter()
+    if method == "gaussian":
+        from dfc import ir
+
+        _, shape = calibration.input_spec(ir.import_graph(original))
+        x, info = calibration.gaussian_samples(shape, int(o["calib_samples"]), ctx.rng(salt=1), ctx.input_range()), {}
+    else:
+        PassManager([get_pass("cleanup"), get_pass("fold-bn"), _synthesize_pass(o, method)], debug=o["debug"]).run(original, ctx)
+        x, info = ctx.calibration, dict(ctx.results["synthesize"])
+    return x, {**info, "method": method, "seconds": time.perf_counter() - t0}
+
+
 def save_calibration(path, ctx: Context) -> None:
     """The calibration samples of this run as .npz (key `x`, float32 model inputs), written atomically."""
-    import os
-    import tempfile
-    from pathlib import Path
+    from dfc.modelio import atomic_target
 
     if ctx.calibration is None:
         raise DfcError(f"--save-calib {path}: this run synthesized no calibration samples (--calib gaussian, --calib-data or --no-quant)")
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".npz", dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
+    with atomic_target(path, suffix=".npz") as tmp:
         np.savez(tmp, x=ctx.calibration, source=np.array(ctx.calibration_source))
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_calibration(path, mean=None, std=None) -> np.ndarray:

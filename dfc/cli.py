@@ -1,4 +1,4 @@
-"""`dfc` command line: optimize, eval, bns-score, inspect.
+"""`dfc` command line: optimize, eval, bns-score, inspect, bench.
 
 Exit codes: 0 success; 2 bad input or usage (the message names the file, node or option);
 1 internal error (one-line hint; `--debug` prints the traceback); 130 interrupted.
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--debug", action="store_true")
 
+    sub.add_parser("bench", help="benchmark models x configurations against ORT quantize_static (dfc bench --help)",
+                   add_help=False)
+
     i = sub.add_parser("inspect", help="per-layer table: op, shapes, params, MACs, BN, quantized")
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
@@ -110,16 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.ERROR, format="dfc: %(message)s")
+    if argv[:1] == ["bench"]:  # the benchmark has its own parser (dfc.bench)
+        from dfc import bench
+
+        return _guarded(lambda: bench.main(argv[1:]), debug="--debug" in argv)
+    args = build_parser().parse_args(argv)
+    command = {"optimize": cmd_optimize, "eval": cmd_eval, "inspect": cmd_inspect, "bns-score": cmd_bns_score}[args.command]
+    return _guarded(lambda: command(args), debug=getattr(args, "debug", False))
+
+
+def _guarded(run, debug: bool) -> int:
+    """Exit codes: DfcError -> 2 with its message, Ctrl-C -> 130, anything else -> 1 with a one-line hint."""
     try:
-        return {"optimize": cmd_optimize, "eval": cmd_eval, "inspect": cmd_inspect, "bns-score": cmd_bns_score}[args.command](args)
+        return run()
     except DfcError as err:
         return _fail(str(err), EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted; no output was written", EXIT_INTERRUPTED)
     except Exception as err:  # internal error: one line, traceback with --debug
-        if getattr(args, "debug", False):
+        if debug:
             raise
         return _fail(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", EXIT_INTERNAL)
 

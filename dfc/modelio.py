@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -76,25 +77,40 @@ def _probe_feeds(sess) -> dict | None:
     return feeds
 
 
-def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write `model` to `path` via a temp file in the same directory and os.replace.
-
-    Returns the number of bytes written.
-    """
+@contextmanager
+def atomic_target(path: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a temp path beside `path`; on success it is fsynced and renamed onto `path` (os.replace, atomic),
+    on any error or Ctrl-C it is deleted, so `path` is either untouched or complete."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise DfcError(f"{p}: output directory {parent} does not exist")
-    data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output gets the usual permissions
         os.replace(tmp, p)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> int:
+    """Write `data` to `path` atomically (see `atomic_target`); returns the number of bytes."""
+    with atomic_target(path) as tmp:
+        Path(tmp).write_bytes(data)
     return len(data)
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Serialize `model` to `path` atomically; returns the number of bytes written."""
+    return write_bytes_atomic(model.SerializeToString(), path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 
 
 def human(n: float, unit: str = "") -> str:
@@ -26,6 +24,15 @@ def table(header: list[str], rows: list[list], align: str | None = None) -> str:
 
     lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured markdown table (`|` in cells escaped)."""
+
+    def fmt(r):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"
+
+    return "\n".join([fmt(header), "|" + "---|" * len(header)] + [fmt(r) for r in rows])
 
 
 def summary_table(report: dict) -> str:
@@ -89,17 +96,9 @@ def layer_table(rows: list[dict]) -> str:
 
 
 def write_json_atomic(obj: dict, path: str | os.PathLike) -> None:
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from dfc.modelio import write_bytes_atomic
+
+    write_bytes_atomic((json.dumps(obj, indent=2, default=_jsonable) + "\n").encode(), path)
 
 
 def _jsonable(o):

@@ -27,16 +27,13 @@ import onnx_graphsurgeon as gs
 from dfc import calibration, ir
 from dfc import quant_math as qm
 from dfc.errors import DfcError
+from dfc.preflight import QDQ_MIN_OPSET, QUANTIZED_OPS
 from dfc.pipeline import Context, Pass, register
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 POOLS = ("GlobalAveragePool", "AveragePool")
 SHARED_PARAM_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool")
 FUSABLE_ACTIVATION_PRODUCERS = WEIGHTED + ("Add",)
-QUANTIZED_OPS = (
-    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-    "MatMulInteger", "QGemm", "QLinearAdd", "DynamicQuantizeLinear",
-)
 
 
 def find_quantized_node(graph: gs.Graph) -> gs.Node | None:
@@ -87,8 +84,9 @@ class Quantize(Pass):
         q = find_quantized_node(graph)
         if q is not None:
             raise DfcError(f"the model is already quantized (node {q.name!r} is {q.op}); dfc quantizes float models only")
-        if int(graph.opset) < 13:
-            raise DfcError(f"quantization needs opset >= 13 (per-channel DequantizeLinear); the model has opset {graph.opset}")
+        if int(graph.opset) < QDQ_MIN_OPSET:
+            raise DfcError(f"quantization needs opset >= {QDQ_MIN_OPSET} (per-channel DequantizeLinear); the model has "
+                           f"opset {graph.opset} (`dfc optimize` converts it; a custom pipeline must run on opset 13+)")
 
         weighted = quantizable_layers(graph)
         skipped = [n.name for n in graph.nodes if n.op in WEIGHTED and n not in weighted]

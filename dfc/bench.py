@@ -1,0 +1,271 @@
+"""`dfc bench` / `tools/bench.py`: models × configurations, with ONNX Runtime's own quantizer beside dfc.
+
+    python tools/bench.py --quick --out bench-quick          # ResNet-20, a representative subset
+    python tools/bench.py --out bench-full                   # ResNet-20 and ResNet-56, the whole matrix
+    python tools/bench.py --models resnet56 --configs 'w4a4-*,ort-*' --out DIR
+
+Each row: top-1 on the exact CIFAR-10 set, agreement with the fp32 model on the JPEG set, weight
+params, nominal weight size (params × bit width), file size, MACs, ORT latency as a ratio to the fp32
+model (both sessions in this process, alternating runs, median), and the time the compression took.
+BNS samples are synthesized once per model and method and shared by every row that calibrates on
+them (the same samples `dfc optimize` would synthesize with the same seed); that one-off time is the
+row's `calib_seconds`. Writes results.json (after every row), results.md and PNG plots into --out.
+Labelled data is read for validation only; the compression paths never see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from dfc.bench_matrix import Config, select
+from dfc.errors import DfcError
+
+CIFAR_MEAN, CIFAR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SHARED_MODELS = {"resnet20": "models/resnet20_cifar10.onnx", "resnet56": "models/resnet56_cifar10.onnx"}
+EXACT_SET, JPEG_SET = "data/cifar10_test_exact_1017.npz", "data/cifar10_test_jpeg_5000.npz"
+REAL_CALIB_SAMPLES = 256
+
+
+@dataclass
+class ModelSpec:
+    """A model to benchmark and its validation data (labelled set for top-1, a fidelity set for agreement)."""
+
+    name: str
+    path: str
+    accuracy_data: str
+    fidelity_data: str
+    mean: tuple
+    std: tuple
+
+
+@dataclass
+class Settings:
+    out: Path
+    latency_batch: int = 64
+    latency_rounds: int = 20
+    threads: int = 2
+    fidelity_samples: int | None = None  # None: the whole fidelity set
+    seed: int = 0
+    calib_samples: int = 256
+    inverter_steps: int | None = None  # None: dfc's default
+    plots: bool = True
+
+
+def shared_specs(shared: Path, names: list[str]) -> list[ModelSpec]:
+    specs = []
+    for name in names:
+        if name not in SHARED_MODELS:
+            raise DfcError(f"--models: unknown model {name!r}; choose from {', '.join(SHARED_MODELS)}")
+        paths = [shared / SHARED_MODELS[name], shared / EXACT_SET, shared / JPEG_SET]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise DfcError(f"--shared {shared}: missing {', '.join(missing)} (see ../shared/README.md)")
+        specs.append(ModelSpec(name, *map(str, paths), CIFAR_MEAN, CIFAR_STD))
+    return specs
+
+
+class ModelBench:
+    """One model's reference outputs, calibration sets and row measurements."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings):
+        from dfc.modelio import load_model
+        from dfc.validation import load_eval_data, logits_of, preprocess
+
+        self.spec, self.s = spec, settings
+        self.mean, self.std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+        self.original = load_model(spec.path)
+        images, self.labels = load_eval_data(spec.accuracy_data)
+        self.x_acc = preprocess(images, self.mean, self.std)
+        fid_images = load_eval_data(spec.fidelity_data)[0]
+        self.fid_images = fid_images
+        self.x_fid = preprocess(fid_images[: settings.fidelity_samples], self.mean, self.std)
+        self.ref_acc, self.ref_fid = logits_of(self.original, self.x_acc), logits_of(self.original, self.x_fid)
+        self._calib: dict[str, tuple[np.ndarray, dict]] = {}
+
+    def calibration(self, method: str) -> tuple[np.ndarray, dict]:
+        """Data-free sets from `dfc.api.calibration_set` (as `optimize` makes them); `real`: the first 256 images
+        of the fidelity set (the non-data-free reference for the ORT baseline)."""
+        if method not in self._calib:
+            if method == "real":
+                from dfc.validation import preprocess
+
+                x = preprocess(self.fid_images[:REAL_CALIB_SAMPLES], self.mean, self.std)
+                self._calib[method] = x, {"method": "real", "seconds": 0.0}
+            else:
+                from dfc import progress
+                from dfc.api import calibration_set
+
+                progress.set_enabled(sys.stderr.isatty())
+                print(f"  {self.spec.name}: calibration set {method} ...", flush=True)
+                extra = {"inverter_steps": self.s.inverter_steps} if self.s.inverter_steps else {}
+                try:
+                    self._calib[method] = calibration_set(self.original, calib=method, calib_samples=self.s.calib_samples,
+                                                          seed=self.s.seed, input_mean=self.mean, input_std=self.std, **extra)
+                finally:
+                    progress.set_enabled(False)
+                print(f"  {self.spec.name}: calibration set {method}: {self._calib[method][1]['seconds']:.1f} s", flush=True)
+        return self._calib[method]
+
+    def compress(self, cfg: Config) -> tuple[onnx.ModelProto, float, float, list[str]]:
+        """(model, seconds of the compression, seconds of the shared calibration set, notes)."""
+        if cfg.kind == "reference":
+            return self.original, 0.0, 0.0, []
+        if cfg.kind == "ort":
+            from dfc.baselines import ort_quantize_static
+
+            x, info = self.calibration(cfg.calib)
+            t0 = time.perf_counter()
+            model = ort_quantize_static(self.original, x, cfg.activations)
+            return model, time.perf_counter() - t0, info["seconds"], []
+        from dfc.api import optimize_with_report
+
+        x, info = self.calibration(cfg.calib) if cfg.wbits is not None else (None, {"seconds": 0.0})
+        t0 = time.perf_counter()
+        model, report = optimize_with_report(self.original, calib_data=x, seed=self.s.seed, input_mean=self.mean,
+                                             input_std=self.std, measure=False, **cfg.dfc_options())
+        return model, time.perf_counter() - t0, info["seconds"], list(report["notes"])
+
+    def measure(self, cfg: Config, model: onnx.ModelProto) -> dict:
+        from dfc.latency import median_latencies
+        from dfc.stats import layer_stats, model_summary
+        from dfc.validation import fidelity, logits_of, top1
+
+        summary = model_summary(model)
+        row = {
+            "top1": top1(logits_of(model, self.x_acc), self.labels) if cfg.kind != "reference" else top1(self.ref_acc, self.labels),
+            "accuracy_samples": int(len(self.labels)),
+            "weight_params": summary["weight_params"],
+            "weight_bytes": int(sum(r.params * (r.wbits or 32) for r in layer_stats(model)) // 8),
+            "size_bytes": summary["size_bytes"],
+            "macs": summary["macs"],
+        }
+        if cfg.kind == "reference":
+            row.update(agreement=1.0, mean_kl=0.0, latency_ratio=1.0)
+            return row
+        fid = fidelity(self.ref_fid, logits_of(model, self.x_fid))
+        row.update(agreement=fid["agreement"], mean_kl=fid["mean_kl"], fidelity_samples=int(len(self.x_fid)))
+        med, batch = median_latencies({"fp32": self.original, "row": model}, self.x_acc[: self.s.latency_batch],
+                                      threads=self.s.threads, rounds=self.s.latency_rounds)
+        row.update(latency_ratio=med["row"] / med["fp32"], latency_ms=1e3 * med["row"], fp32_latency_ms=1e3 * med["fp32"],
+                   latency_batch=batch)
+        return row
+
+    def row(self, cfg: Config) -> dict:
+        base = {"model": self.spec.name, "config": cfg.name, "kind": cfg.kind, "precision": cfg.precision,
+                "calib": cfg.calib, "prune": cfg.prune, "scope": cfg.scope if cfg.prune else None,
+                "compensate": cfg.compensate if cfg.kind == "dfc" else None, "activations": cfg.activations}
+        try:
+            model, seconds, calib_seconds, notes = self.compress(cfg)
+            return {**base, **self.measure(cfg, model), "seconds": seconds, "calib_seconds": calib_seconds, "notes": notes}
+        except DfcError as e:  # a configuration the tool refuses is a result, not a crash of the benchmark
+            return {**base, "top1": None, "error": str(e)}
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__, "torch": torch.__version__, "platform": platform.platform()}
+
+
+def run(specs: list[ModelSpec], configs: list[Config], settings: Settings, command: str = "") -> dict:
+    """Benchmark every spec × config; results.json is rewritten after each row, results.md and plots at the end."""
+    from dfc import progress
+    from dfc.bench_report import write_outputs
+
+    settings.out.mkdir(parents=True, exist_ok=True)
+    results = {"command": command, "machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v
+                                                                        for k, v in asdict(settings).items()},
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "models": {}, "rows": []}
+    t_start, total, done = time.perf_counter(), len(specs) * len(configs), 0
+    progress.set_enabled(False)
+    for spec in specs:
+        t0 = time.perf_counter()
+        bench = ModelBench(spec, settings)
+        results["models"][spec.name] = {"path": spec.path, "accuracy_data": spec.accuracy_data,
+                                        "fidelity_data": spec.fidelity_data, "setup_seconds": time.perf_counter() - t0}
+        for cfg in configs:
+            t_row = time.perf_counter()
+            row = bench.row(cfg)
+            row["wall_seconds"] = time.perf_counter() - t_row
+            results["rows"].append(row)
+            done += 1
+            results["elapsed_seconds"] = time.perf_counter() - t_start
+            write_outputs(results, settings.out, plots=False)
+            print(f"[{done}/{total}] {_row_line(row)}  ({row['wall_seconds']:.0f} s, {results['elapsed_seconds'] / 60:.1f} min in all)",
+                  flush=True)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    results["elapsed_seconds"] = time.perf_counter() - t_start
+    write_outputs(results, settings.out, plots=settings.plots)
+    return results
+
+
+def _row_line(row: dict) -> str:
+    if row.get("error"):
+        return f"{row['model']} {row['config']}: failed: {row['error']}"
+    return (f"{row['model']} {row['config']}: top-1 {100 * row['top1']:.2f}  agreement {100 * row['agreement']:.2f}  "
+            f"latency {row['latency_ratio']:.2f}x  weights {row['weight_bytes'] / 1024:.0f} KiB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dfc bench", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--out", required=True, help="directory for results.json, results.md and the PNG plots")
+    ap.add_argument("--quick", action="store_true", help="ResNet-20 and a representative subset (under 10 minutes on 2 cores)")
+    ap.add_argument("--models", help="comma-separated: resnet20, resnet56 (default: both; --quick: resnet20)")
+    ap.add_argument("--configs", help="comma-separated names or shell patterns, e.g. 'w4a4-*,ort-*' (default: the whole matrix; "
+                                      "--quick: its subset); `--list` shows them")
+    ap.add_argument("--list", action="store_true", help="print the configurations that would run and exit")
+    ap.add_argument("--shared", default="../shared", help="the shared models and data (default ../shared)")
+    ap.add_argument("--latency-batch", type=int, default=64)
+    ap.add_argument("--latency-rounds", type=int, default=None, help="alternating rounds per row (default 20; --quick 10)")
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads for the latency runs (default 2)")
+    ap.add_argument("--fidelity-samples", type=int, help="use only the first N images of the JPEG set for agreement")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-plots", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configs = select(args.configs, args.quick)
+    if args.list:
+        print("\n".join(c.name for c in configs))
+        return 0
+    for opt in ("latency_batch", "threads"):
+        if getattr(args, opt) < 1:
+            raise DfcError(f"--{opt.replace('_', '-')} must be >= 1")
+    names = args.models.split(",") if args.models else (["resnet20"] if args.quick else list(SHARED_MODELS))
+    specs = shared_specs(Path(args.shared), [n.strip() for n in names])
+    if not args.no_plots:
+        _require_matplotlib()
+    settings = Settings(out=Path(args.out), latency_batch=args.latency_batch,
+                        latency_rounds=args.latency_rounds or (10 if args.quick else 20), threads=args.threads,
+                        fidelity_samples=args.fidelity_samples, seed=args.seed, plots=not args.no_plots)
+    command = "dfc bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"dfc bench: {len(specs)} model(s) × {len(configs)} configurations -> {settings.out}", flush=True)
+    results = run(specs, configs, settings, command)
+    print(f"done in {results['elapsed_seconds'] / 60:.1f} min: {settings.out / 'results.md'}")
+    return 0
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise DfcError("the plots need matplotlib: pip install -e '.[bench]' (or pass --no-plots)") from e
