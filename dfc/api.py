@@ -89,16 +89,23 @@ def resolve_options(options: dict) -> dict:
             raise DfcError(f"--{key.replace('_', '-')} must be an integer >= 1, got {o[key]!r}")
     if not isinstance(o["inverter_lr"], (int, float)) or not 0 < float(o["inverter_lr"]) < float("inf"):
         raise DfcError(f"--inverter-lr must be a positive number, got {o['inverter_lr']!r}")
+    if o["device"] is not None:
+        from dfc.inverter import pick_device
+
+        try:
+            pick_device(str(o["device"]))
+        except RuntimeError as e:  # torch's own parse error for a device string it does not know
+            raise DfcError(f"--device {o['device']}: {e}") from e
     for key in ("alpha_p", "alpha_q"):
         if not isinstance(o[key], (int, float)) or not 0.0 <= float(o[key]) < float("inf"):
             raise DfcError(f"--{key.replace('_', '-')} must be a finite number >= 0, got {o[key]!r}")
     return o
 
 
-def _synthesize_pass(o: dict, method: str):
+def _synthesize_pass(o: dict, method: str, fallback: bool = False):
     return get_pass("synthesize", method=method, samples=int(o["calib_samples"]), steps=int(o["inverter_steps"]),
                     batch=int(o["inverter_batch"]), lr=float(o["inverter_lr"]), copies=int(o["inverter_copies"]),
-                    seed=int(o["seed"]), device=o["device"])
+                    seed=int(o["seed"]), device=o["device"], fallback=fallback)
 
 
 def build_passes(o: dict, ctx: Context) -> list:
@@ -110,7 +117,7 @@ def build_passes(o: dict, ctx: Context) -> list:
         if o["calib"] is None and calib == "gaussian":
             ctx.note("no BatchNorm statistics: calibrating on Gaussian noise (the BNS inverter needs them)")
         if calib != "gaussian":
-            passes.append(_synthesize_pass(o, calib))
+            passes.append(_synthesize_pass(o, calib, fallback=o["calib"] is None))
     passes += [
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
                  step=float(o["prune_step"]), global_rank=bool(o["prune_global"]), compensate=o["compensate"],

@@ -225,7 +225,7 @@ def _row_line(row: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dfc bench", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--out", required=True, help="directory for results.json, results.md and the PNG plots")
+    ap.add_argument("--out", help="directory for results.json, results.md and the PNG plots (required for a run)")
     ap.add_argument("--quick", action="store_true", help="ResNet-20 and a representative subset (under 10 minutes on 2 cores)")
     ap.add_argument("--models", help="comma-separated: resnet20, resnet56 (default: both; --quick: resnet20)")
     ap.add_argument("--configs", help="comma-separated names or shell patterns, e.g. 'w4a4-*,ort-*' (default: the whole matrix; "
@@ -238,15 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fidelity-samples", type=int, help="use only the first N images of the JPEG set for agreement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--summarize", metavar="RESULTS_JSON", help="print the README summary tables of a finished run and exit")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.summarize:
+        import json
+
+        from dfc.bench_report import summary
+
+        print(summary(json.loads(Path(args.summarize).read_text())))
+        return 0
     configs = select(args.configs, args.quick)
     if args.list:
         print("\n".join(c.name for c in configs))
         return 0
+    if not args.out:
+        raise DfcError("dfc bench: --out DIR is required")
     for opt in ("latency_batch", "threads"):
         if getattr(args, opt) < 1:
             raise DfcError(f"--{opt.replace('_', '-')} must be >= 1")

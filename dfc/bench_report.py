@@ -43,6 +43,24 @@ def model_table(rows: list[dict], model: str, configs: list[str] | None = None) 
     return markdown_table(COLUMNS, [_cells(r, ref) for r in picked])
 
 
+SUMMARY_CONFIGS = [
+    "fp32", "ort-u8-gaussian", "ort-s8-gaussian", "ort-u8-real", "ort-s8-real",
+    "w8a8-gaussian-p0-udfc", "w8a8-bns-p0-udfc", "w6a6-bns-p0-udfc", "w4a8-bns-p0-udfc",
+    "w4a4-gaussian-p0-udfc", "w4a4-bns-p0-none", "w4a4-bns-p0-udfc", "w4a4-bns+inception-p0-udfc",
+    "float-p0.3inner-none", "float-p0.3inner-udfc", "w8a8-bns-p0.3inner-none", "w8a8-bns-p0.3inner-udfc",
+    "w4a8-bns-p0.3inner-none", "w4a8-bns-p0.3inner-udfc",
+    "float-p0.5all-none", "float-p0.5all-udfc", "w8a8-bns-p0.5all-none", "w8a8-bns-p0.5all-udfc",
+]
+
+
+def summary(results: dict) -> str:
+    """The README's Results tables: per model, the SUMMARY_CONFIGS rows of a run (all rows are in results.md)."""
+    out = []
+    for model in results["models"]:
+        out += [f"**{model}**", "", model_table(results["rows"], model, SUMMARY_CONFIGS), ""]
+    return "\n".join(out)
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     s = results["settings"]

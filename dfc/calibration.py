@@ -98,6 +98,10 @@ def collect_ranges(
             else:
                 lo[n].append(float(np.percentile(v, 100.0 - percentile)))
                 hi[n].append(float(np.percentile(v, percentile)))
+    overflow = [n for n in names if not np.isfinite(lo[n]).all() or not np.isfinite(hi[n]).all()]
+    if overflow:
+        raise DfcError(f"activation {overflow[0]!r} is not finite on the calibration data (range {min(lo[overflow[0]])} .. "
+                       f"{max(hi[overflow[0]])}): the weights are too large for float32 arithmetic")
     if calibrator == "minmax":
         return {n: (min(lo[n]), max(hi[n])) for n in names}
     if calibrator == "mse":

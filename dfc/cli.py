@@ -118,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # the benchmark has its own parser (dfc.bench)
         from dfc import bench
 
-        return _guarded(lambda: bench.main(argv[1:]), debug="--debug" in argv)
-    args = build_parser().parse_args(argv)
+        try:
+            return _guarded(lambda: bench.main(argv[1:]), debug="--debug" in argv)
+        except SystemExit as e:  # its parser's usage errors and --help
+            return int(e.code or 0)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage errors (exit 2, message printed), --help and --version (0)
+        return int(e.code or 0)
     command = {"optimize": cmd_optimize, "eval": cmd_eval, "inspect": cmd_inspect, "bns-score": cmd_bns_score}[args.command]
     return _guarded(lambda: command(args), debug=getattr(args, "debug", False))
 

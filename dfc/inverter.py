@@ -209,6 +209,9 @@ class Inverter:
             for _ in range(cfg.steps):
                 opt.zero_grad(set_to_none=True)
                 total, jkl = self.loss(x, targets_cls, gen)
+                if not torch.isfinite(total):
+                    raise DfcError(f"{cfg.method} inverter: the loss is not finite ({float(total)}): activations overflow "
+                                   "float32 (very large weights or BN statistics?)")
                 total.backward()
                 opt.step()
                 self._clamp(x)

@@ -121,15 +121,18 @@ def unique_name(graph: gs.Graph, base: str) -> str:
     return f"{base}_{i}"
 
 
-def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, skip: gs.Node | None = None) -> None:
-    """Make every reader of `old` (nodes and graph outputs) read `new` instead; `skip` keeps its input."""
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, skip: gs.Node | None = None,
+                 nodes_only: bool = False) -> None:
+    """Make every reader of `old` (nodes, and graph outputs unless `nodes_only`) read `new` instead; `skip` keeps
+    its input."""
     for n in list(old.outputs):
         if n is skip:
             continue
         for i, t in enumerate(n.inputs):
             if t is old:
                 n.inputs[i] = new
-    graph.outputs = [new if o is old else o for o in graph.outputs]
+    if not nodes_only:
+        graph.outputs = [new if o is old else o for o in graph.outputs]
 
 
 def bypass_node(graph: gs.Graph, node: gs.Node) -> None:

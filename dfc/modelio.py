@@ -29,7 +29,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(str(p))
     except DecodeError as e:
         raise DfcError(f"{p}: not a valid ONNX model (protobuf parse failed: {e})") from e
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as e:  # e.g. its external data is missing
         raise DfcError(f"{p}: could not be read as ONNX ({e})") from e
     if not model.HasField("graph") or not model.opset_import:
         raise DfcError(f"{p}: not a valid ONNX model (no graph or no opset)")

@@ -60,6 +60,7 @@ class Context:
     debug: bool = False
     calibration: np.ndarray | None = None  # synthetic calibration inputs (`synthesize`), for `quantize`
     calibration_source: str = ""
+    calibration_fallback: bool = False  # `synthesize` could not run the model: `quantize` calibrates on Gaussian noise
     logger: logging.Logger = field(default_factory=lambda: log)
 
     def note(self, text: str) -> None:

@@ -222,11 +222,12 @@ def _pool(m, n, a):
     strides = _ints(n.attrs.get("strides", [1] * k))
     pads = _ints(n.attrs.get("pads", [0] * 2 * k))
     ceil = bool(int(n.attrs.get("ceil_mode", 0)))
+    if n.op == "MaxPool":  # asymmetric pads: pad with -inf first (padding never wins a max)
+        x, sym = _spatial_pad(x, pads, value=float("-inf"))
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[k]
+        return pool(x, kernel, strides, sym, dilation=_ints(n.attrs.get("dilations", [1] * k)), ceil_mode=ceil)
     if pads[:k] != pads[k:]:
         raise DfcError(f"{n.op} node {n.name!r}: asymmetric pads are not supported by the torch executor")
-    if n.op == "MaxPool":
-        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[k]
-        return pool(x, kernel, strides, pads[:k], dilation=_ints(n.attrs.get("dilations", [1] * k)), ceil_mode=ceil)
     pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[k]
     return pool(x, kernel, strides, pads[:k], ceil_mode=ceil, count_include_pad=bool(int(n.attrs.get("count_include_pad", 0))))
 

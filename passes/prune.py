@@ -266,7 +266,8 @@ def _layer_shapes(graph: gs.Graph) -> dict[str, dict]:
     """Per weighted layer: output channels, params (weight + bias) and MACs per sample (`dfc.stats`)."""
     from dfc.stats import layer_stats
 
-    return {r.name: {"op": r.op, "channels": int(r.output_shape[1]), "params": r.params, "macs": r.macs}
+    return {r.name: {"op": r.op, "channels": int(r.output_shape[1]) if len(r.output_shape) > 1 else None,
+                     "params": r.params, "macs": r.macs}
             for r in layer_stats(ir.export_model(graph))}
 
 

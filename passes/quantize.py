@@ -101,7 +101,8 @@ class Quantize(Pass):
         act_bits: dict[str, int] = {}
 
         def want(t: gs.Tensor, bits: int) -> None:
-            if isinstance(t, gs.Constant) or ir.is_graph_output(graph, t):
+            # a graph output stays float for the user; when nodes also read it, they read its quantized copy
+            if isinstance(t, gs.Constant) or (ir.is_graph_output(graph, t) and not t.outputs):
                 return
             act_bits[t.name] = max(act_bits.get(t.name, 0), bits)
 
@@ -149,7 +150,7 @@ class Quantize(Pass):
 
         accelerated = all(b == 8 for b in (o["wbits"], o["abits"], o["first_last_bits"]))
         ctx.metadata["dfc.quantization"] = json.dumps(
-            {k: o[k] for k in ("wbits", "abits", "first_last_bits", "calibrator")} | {"calib": self._calib_name()}
+            {k: o[k] for k in ("wbits", "abits", "first_last_bits", "calibrator")} | {"calib": self._calib_name(ctx)}
         )
         if not accelerated:
             ctx.note(
@@ -161,7 +162,7 @@ class Quantize(Pass):
             "wbits": o["wbits"],
             "abits": o["abits"],
             "first_last_bits": o["first_last_bits"],
-            "calibration": self._calib_name(),
+            "calibration": self._calib_name(ctx),
             "calibration_samples": int(len(x)),
             "calibrator": o["calibrator"],
             "ort_accelerated": accelerated,
@@ -172,8 +173,12 @@ class Quantize(Pass):
         }
         return graph
 
-    def _calib_name(self) -> str:
-        return "user data" if self.options["calib_data"] is not None else self.options["calib"]
+    def _calib_name(self, ctx: Context) -> str:
+        return "user data" if self.options["calib_data"] is not None else self._calib(ctx)
+
+    def _calib(self, ctx: Context) -> str:
+        """The calibration in effect: the option, or Gaussian noise where `synthesize` fell back."""
+        return "gaussian" if ctx.calibration_fallback and ctx.calibration is None else self.options["calib"]
 
     def _calibration_batch(self, graph: gs.Graph, ctx: Context) -> np.ndarray:
         o = self.options
@@ -184,7 +189,7 @@ class Quantize(Pass):
                 raise DfcError(f"calibration data has sample shape {x.shape[1:]}, input {name!r} expects {shape}")
             return x
         calibration.check_method(o["calib"])
-        if o["calib"] != "gaussian":
+        if self._calib(ctx) != "gaussian":
             if ctx.calibration is None or ctx.calibration_source != o["calib"]:
                 raise DfcError(f"--calib {o['calib']}: no synthesized samples; run the `synthesize` pass before `quantize`")
             return ctx.calibration
@@ -246,7 +251,7 @@ class Quantize(Pass):
         scale = ir.make_const(ir.unique_name(graph, base + "_scale"), np.array(p.scale, np.float32))
         zp = ir.make_const(ir.unique_name(graph, base + "_zp"), np.array(p.zero_point, np.uint8))
         dq_out = gs.Variable(ir.unique_name(graph, base + "_dq"), dtype=np.float32, shape=t.shape)
-        ir.replace_uses(graph, t, dq_out)
+        ir.replace_uses(graph, t, dq_out, nodes_only=True)  # a graph output keeps its name and float values
         src = t
         if p.bits < 8:
             lo, hi = p.representable_range()

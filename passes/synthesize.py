@@ -12,6 +12,7 @@ from dataclasses import asdict, fields
 import onnx_graphsurgeon as gs
 
 from dfc import ir
+from dfc.errors import DfcError
 from dfc.inverter import Inverter, InverterConfig, pick_device
 from dfc.pipeline import Context, Pass, register
 
@@ -22,7 +23,9 @@ class Synthesize(Pass):
 
     @classmethod
     def default_options(cls):
-        return asdict(InverterConfig())
+        # fallback: when the torch executor cannot run the model, leave calibration to Gaussian noise (with a note)
+        # instead of failing; `dfc optimize` sets it when the calibration was not asked for explicitly
+        return {**asdict(InverterConfig()), "fallback": False}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         cfg = InverterConfig(**{f.name: self.options[f.name] for f in fields(InverterConfig)})
@@ -30,8 +33,16 @@ class Synthesize(Pass):
             ctx.note("synthesize: input normalisation unknown (no --input-mean/--input-std); samples are not clamped "
                      "to a valid pixel range and the input is assumed normalised to N(0, 1)")
         t0 = time.perf_counter()
-        inv = Inverter(ir.export_model(graph), ctx.bn_stats, ctx.input_range(), cfg)
-        x = inv.generate()
+        try:  # an op the torch executor lacks shows at construction or in the first forward pass
+            inv = Inverter(ir.export_model(graph), ctx.bn_stats, ctx.input_range(), cfg)
+            x = inv.generate()
+        except DfcError as e:
+            if not self.options["fallback"]:
+                raise DfcError(f"--calib {cfg.method}: the BNS inverter cannot run this model: {e}") from e
+            ctx.calibration, ctx.calibration_fallback = None, True
+            ctx.note(f"the BNS inverter cannot run this model ({e}): calibrating on Gaussian noise instead")
+            ctx.results["synthesize"] = {"method": cfg.method, "fallback": "gaussian", "reason": str(e)}
+            return graph
         dt = time.perf_counter() - t0
         ctx.calibration, ctx.calibration_source = x, cfg.method
         ctx.results["synthesize"] = {

@@ -136,6 +136,7 @@ def calibrate_bn(model, x):
         probe.graph.output.append(helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
         sess = make_session(probe)
         a = sess.run([node.input[0]], {sess.get_inputs()[0].name: x})[0]
-        for name, v in ((node.input[3], a.mean((0, 2, 3))), (node.input[4], a.var((0, 2, 3)))):
+        axes = (0, *range(2, a.ndim))  # every axis but the channels
+        for name, v in ((node.input[3], a.mean(axes)), (node.input[4], a.var(axes))):
             inits[name].CopyFrom(numpy_helper.from_array(v.astype(np.float32), name))
     return m

@@ -95,6 +95,20 @@ def test_bench_run_on_the_digits_model(tmp_path, digits_test):
     assert results["finished"]
 
 
+def test_bench_summarize_prints_the_readme_tables(tmp_path, capsys):
+    from dfc.cli import main
+
+    rows = [{"model": "m", "config": c, "kind": k, "precision": "W8A8", "calib": "gaussian", "prune": 0.0, "scope": None,
+             "compensate": None, "activations": "uint8", "top1": t, "agreement": 0.99, "weight_params": 10,
+             "weight_bytes": 10, "size_bytes": 100, "macs": 1e6, "latency_ratio": 0.5, "seconds": 1.0}
+            for c, k, t in (("fp32", "reference", 0.9), ("ort-u8-gaussian", "ort", 0.85), ("w4a4-bns-p0-none", "dfc", 0.8))]
+    (tmp_path / "r.json").write_text(json.dumps({"models": {"m": {}}, "rows": rows}))
+    assert main(["bench", "--summarize", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "**m**" in out and "| `ort-u8-gaussian` |" in out and "| 85.00 | -5.00 |" in out
+    assert "w4a4-bns-p0-none" in out
+
+
 def test_bench_cli_errors(tmp_path, capsys):
     from dfc.cli import main
 

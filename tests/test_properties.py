@@ -1,0 +1,198 @@
+"""Property tests (hypothesis): random small CNN/MLP graphs of Conv, BatchNormalization, Relu, Add, Concat, Gemm,
+Flatten through the passes.
+
+- fold-bn (with cleanup) reproduces the outputs to 1e-4 (relative to the output scale);
+- prune (any ratio, scope, criterion, compensation) gives a valid model that ORT runs, with the same output shape
+  and no more weights than before;
+- quantize (any bit widths 2-8) gives a valid model that ORT runs, with finite outputs;
+- UDFC compensation against plain removal of the same channels, as a statistic over drawn models (it is not
+  never worse: see that test).
+
+Derandomized, so that CI sees the same examples on every run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import helper, numpy_helper
+
+from conftest import calibrate_bn, run
+from dfc.api import optimize
+from dfc.passes.prune import CRITERIA
+
+SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+class _Builder:
+    def __init__(self, seed: int):
+        self.r = np.random.default_rng(seed)
+        self.nodes, self.inits, self.k = [], {}, 0
+
+    def name(self, p: str) -> str:
+        self.k += 1
+        return f"{p}{self.k}"
+
+    def const(self, p: str, v: np.ndarray) -> str:
+        n = self.name(p)
+        self.inits[n] = v.astype(np.float32)
+        return n
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out + "_node", **attrs))
+        return out
+
+    def conv(self, x: str, cin: int, cout: int, k: int) -> str:
+        w = self.const("w", self.r.normal(0, 1.0 / np.sqrt(cin * k * k), (cout, cin, k, k)))
+        inputs = [x, w] + ([self.const("b", self.r.normal(0, 0.1, cout))] if self.r.random() < 0.5 else [])
+        return self.node("Conv", inputs, pads=[k // 2] * 4)
+
+    def gemm(self, x: str, fin: int, fout: int) -> str:
+        w = self.const("fw", self.r.normal(0, 1.0 / np.sqrt(fin), (fout, fin)))
+        return self.node("Gemm", [x, w, self.const("fb", self.r.normal(0, 0.1, fout))], transB=1)
+
+    def bn(self, x: str, c: int) -> str:
+        r = self.r
+        params = [self.const("g", r.uniform(0.5, 1.5, c)), self.const("be", r.normal(0, 0.3, c)),
+                  self.const("m", r.normal(0, 0.3, c)), self.const("v", r.uniform(0.5, 2.0, c))]
+        return self.node("BatchNormalization", [x, *params], epsilon=1e-5)
+
+    def unit(self, x: str, cin: int, cout: int, k: int, with_bn: bool, relu: bool) -> str:
+        y = self.conv(x, cin, cout, k)
+        y = self.bn(y, cout) if with_bn else y
+        return self.node("Relu", [y]) if relu else y
+
+    def model(self, x_shape: list, out: str, out_shape: list) -> onnx.ModelProto:
+        g = helper.make_graph(self.nodes, "random", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in self.inits.items()])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        onnx.checker.check_model(m, full_check=True)
+        return m
+
+
+@st.composite
+def random_cnn(draw, bn: bool | None = None) -> onnx.ModelProto:
+    """`bn`: True = every Conv has a BN, None = drawn per layer."""
+    b = _Builder(draw(st.integers(0, 2**31 - 1)))
+    cin, hw = draw(st.integers(1, 3)), draw(st.sampled_from([4, 6, 8]))
+    x, c = "x", cin
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv", "residual", "concat"]))
+        width = draw(st.integers(2, 8))
+        with_bn = bn or draw(st.booleans()) or kind == "residual"
+        relu, k = draw(st.booleans()), draw(st.sampled_from([1, 3]))
+        if kind == "conv":
+            x, c = b.unit(x, c, width, k, with_bn, relu), width
+        elif kind == "residual":  # x -> conv BN relu conv BN (+ x, after a 1x1 projection when widths differ) -> relu
+            skip = x if c == width else b.unit(x, c, width, 1, True, False)
+            y = b.unit(b.unit(x, c, width, k, True, True), width, width, k, True, False)
+            x, c = b.node("Relu", [b.node("Add", [y, skip])]), width
+        else:  # two branches concatenated on the channel axis
+            other = draw(st.integers(2, 8))
+            x = b.node("Concat", [b.unit(x, c, width, k, with_bn, relu), b.unit(x, c, other, 1, with_bn, relu)], axis=1)
+            c = width + other
+    classes = draw(st.integers(2, 6))
+    if draw(st.booleans()):
+        f, fin = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1), c
+    else:
+        f, fin = b.node("Flatten", [x], axis=1), c * hw * hw
+    y = b.gemm(f, fin, classes)
+    return b.model(["N", cin, hw, hw], y, ["N", classes])
+
+
+@st.composite
+def random_mlp(draw, bn: bool | None = None) -> onnx.ModelProto:
+    b = _Builder(draw(st.integers(0, 2**31 - 1)))
+    fin = draw(st.integers(3, 10))
+    x, f = "x", fin
+    for _ in range(draw(st.integers(1, 3))):
+        width = draw(st.integers(2, 12))
+        x = b.gemm(x, f, width)
+        x = b.bn(x, width) if bn or draw(st.booleans()) else x
+        x, f = b.node("Relu", [x]), width
+    classes = draw(st.integers(2, 6))
+    return b.model(["N", fin], b.gemm(x, f, classes), ["N", classes])
+
+
+random_model = st.one_of(random_cnn(), random_mlp())
+random_model_with_bn = st.one_of(random_cnn(bn=True), random_mlp(bn=True))
+
+
+def _inputs(model: onnx.ModelProto, n: int, seed: int) -> np.ndarray:
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    return np.random.default_rng(seed).standard_normal((n, *dims)).astype(np.float32)
+
+
+def _weights(model: onnx.ModelProto) -> int:
+    from dfc.stats import model_summary
+
+    return model_summary(model)["weight_params"]
+
+
+def setup_module():
+    logging.getLogger("dfc").setLevel(logging.ERROR)
+    from dfc import progress
+
+    progress.set_enabled(False)
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(random_model)
+def test_fold_bn_is_exact(model):
+    folded = optimize(model, no_quant=True)
+    assert not any(n.op_type == "BatchNormalization" for n in folded.graph.node)
+    x = _inputs(model, 8, 0)
+    ref = run(model, x)
+    assert np.abs(run(folded, x) - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(random_model, st.floats(0.05, 0.7), st.sampled_from(["inner", "all"]), st.sampled_from(CRITERIA),
+       st.sampled_from(["udfc", "none"]))
+def test_prune_gives_a_valid_smaller_model(model, ratio, scope, criterion, compensate):
+    pruned = optimize(model, no_quant=True, prune=ratio, prune_scope=scope, criterion=criterion, compensate=compensate)
+    x = _inputs(model, 4, 1)  # optimize already checked it (onnx checker + an ORT run); the outputs line up too
+    y = run(pruned, x)
+    assert y.shape == run(model, x).shape and np.isfinite(y).all()
+    assert _weights(pruned) <= _weights(optimize(model, no_quant=True))  # folding BN adds biases: compare folded
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(random_model, st.integers(2, 8), st.integers(2, 8), st.floats(0.0, 0.5))
+def test_quantize_gives_a_valid_model(model, wbits, abits, ratio):
+    q = optimize(model, wbits=wbits, abits=abits, first_last_bits=8, prune=ratio, calib="gaussian", calib_samples=16)
+    assert any(n.op_type == "DequantizeLinear" for n in q.graph.node)
+    y = run(q, _inputs(model, 4, 2))
+    assert np.isfinite(y).all()
+
+
+def test_compensation_against_none_on_bn_models():
+    """UDFC vs plain removal of the same channels (l1-prebn), output MSE on inputs like those the (calibrated) BN
+    statistics describe, over 60 drawn models whose pruned layers have BN. UDFC fits each removed channel on its
+    own (dfc.compensation.compensate_pruned), ignoring the cross terms between removed channels, so a model can end
+    up worse than with plain removal: "never worse" does NOT hold (these 60 examples: 5 worse, the worst 3.1x;
+    docs/robustness.md). Asserted: at most 15 % of the models worse, median ratio below 0.9."""
+    ratios = []
+
+    @settings(max_examples=60, **SETTINGS)
+    @given(random_model_with_bn, st.floats(0.1, 0.6))
+    def one(model, ratio):
+        model = calibrate_bn(model, _inputs(model, 256, 3))  # BN statistics that describe the inputs below
+        x = _inputs(model, 256, 4)
+        ref = run(model, x)
+        common = dict(no_quant=True, prune=ratio, prune_scope="inner", criterion="l1-prebn")
+        err = {c: float(np.mean((run(optimize(model, compensate=c, **common), x) - ref) ** 2)) for c in ("udfc", "none")}
+        if err["none"] > 1e-9:
+            ratios.append(err["udfc"] / err["none"])
+
+    one()
+    r = np.array(ratios)
+    assert len(r) >= 40
+    assert (r > 1.0).mean() <= 0.15 and np.median(r) < 0.9, sorted(r.round(3))[-5:]
