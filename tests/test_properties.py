@@ -175,9 +175,9 @@ def test_quantize_gives_a_valid_model(model, wbits, abits, ratio):
 
 def test_compensation_against_none_on_bn_models():
     """UDFC vs plain removal of the same channels (l1-prebn), output MSE on inputs like those the (calibrated) BN
-    statistics describe, over 60 drawn models whose pruned layers have BN. UDFC fits each removed channel on its
-    own (dfc.compensation.compensate_pruned), ignoring the cross terms between removed channels, so a model can end
-    up worse than with plain removal: "never worse" does NOT hold (these 60 examples: 5 worse, the worst 3.1x;
+    statistics describe, over 60 drawn models whose pruned layers have BN. The BN-moment model takes channel
+    correlations from filter cosines, exact only for uncorrelated layer inputs, so a model can end up worse than
+    with plain removal: "never worse" does NOT hold (these 60 examples: 5 worse, the worst 3.1x;
     docs/robustness.md). Asserted: at most 15 % of the models worse, median ratio below 0.9."""
     ratios = []
 

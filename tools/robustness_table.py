@@ -53,12 +53,13 @@ OUTRO = """
 
 UDFC compensation is **not** never worse than plain removal. On 60 random BN-calibrated CNN/MLPs (same channels
 removed, output MSE on inputs matching the BN statistics) 5 ended worse, the worst 3.1x; the median ratio is
-below 0.9 (asserted: at most 15 % worse, median < 0.9). The worst cases have no ReLU between the BN and the
-consumer (Conv-BN-Concat-Conv, Conv-BN-GAP-Gemm): the per-pixel BN-moment model does not describe what a
-global-average-pool consumer sees, and each removed channel is fitted on its own, ignoring the cross terms
-between removed channels. Without BN statistics (weights loss) it can be worse still (8 of 70, up to 4.9x in an
-exploratory run). On the CIFAR ResNets it is much better than plain removal (README, UDFC results).
-`--compensate none` turns it off.
+below 0.9 (asserted: at most 15 % worse, median < 0.9). The worst cases (up to 6.3x in an exploratory run) are
+linear stacks whose layer input is not white, e.g. Conv-BN, Conv-BN, Concat, Conv-BN, GAP, Gemm: the BN-moment
+model takes the correlation of two channels from the cosine of their filters, which is exact only when the
+layer's input channels are uncorrelated. A joint check of the merges with the cross terms between removed
+channels, built on the same model, caught none of these cases and was not kept. Without BN statistics (weights
+loss) it can be worse still (8 of 70, up to 4.9x in an exploratory run). On the CIFAR ResNets compensation is
+far better than plain removal (README, UDFC results). `--compensate none` turns it off.
 """
 
 
