@@ -78,7 +78,7 @@ class ModelBench:
 
     def __init__(self, spec: ModelSpec, settings: Settings):
         from dfc.modelio import load_model
-        from dfc.validation import load_eval_data, logits_of, preprocess
+        from dfc.validation import load_eval_data, preprocess
 
         self.spec, self.s = spec, settings
         self.mean, self.std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
@@ -88,7 +88,7 @@ class ModelBench:
         fid_images = load_eval_data(spec.fidelity_data)[0]
         self.fid_images = fid_images
         self.x_fid = preprocess(fid_images[: settings.fidelity_samples], self.mean, self.std)
-        self.ref_acc, self.ref_fid = logits_of(self.original, self.x_acc), logits_of(self.original, self.x_fid)
+        self.ref_acc, self.ref_fid = _logits(self.original, self.x_acc, self.x_fid)
         self._calib: dict[str, tuple[np.ndarray, dict]] = {}
 
     def calibration(self, method: str) -> tuple[np.ndarray, dict]:
@@ -137,11 +137,12 @@ class ModelBench:
     def measure(self, cfg: Config, model: onnx.ModelProto) -> dict:
         from dfc.latency import median_latencies
         from dfc.stats import layer_stats, model_summary
-        from dfc.validation import fidelity, logits_of, top1
+        from dfc.validation import fidelity, top1
 
         summary = model_summary(model)
+        acc, fid_logits = (self.ref_acc, self.ref_fid) if cfg.kind == "reference" else _logits(model, self.x_acc, self.x_fid)
         row = {
-            "top1": top1(logits_of(model, self.x_acc), self.labels) if cfg.kind != "reference" else top1(self.ref_acc, self.labels),
+            "top1": top1(acc, self.labels),
             "accuracy_samples": int(len(self.labels)),
             "weight_params": summary["weight_params"],
             "weight_bytes": int(sum(r.params * (r.wbits or 32) for r in layer_stats(model)) // 8),
@@ -151,7 +152,7 @@ class ModelBench:
         if cfg.kind == "reference":
             row.update(agreement=1.0, mean_kl=0.0, latency_ratio=1.0)
             return row
-        fid = fidelity(self.ref_fid, logits_of(model, self.x_fid))
+        fid = fidelity(self.ref_fid, fid_logits)
         row.update(agreement=fid["agreement"], mean_kl=fid["mean_kl"], fidelity_samples=int(len(self.x_fid)))
         med, batch = median_latencies({"fp32": self.original, "row": model}, self.x_acc[: self.s.latency_batch],
                                       threads=self.s.threads, rounds=self.s.latency_rounds)
@@ -168,6 +169,14 @@ class ModelBench:
             return {**base, **self.measure(cfg, model), "seconds": seconds, "calib_seconds": calib_seconds, "notes": notes}
         except DfcError as e:  # a configuration the tool refuses is a result, not a crash of the benchmark
             return {**base, "top1": None, "error": str(e)}
+
+
+def _logits(model: onnx.ModelProto, *xs: np.ndarray) -> list[np.ndarray]:
+    """The model's logits on each input set, from one ORT session."""
+    from dfc.runtime import make_session, run_batched
+
+    session = make_session(model)
+    return [run_batched(session, x)[0] for x in xs]
 
 
 def machine() -> dict:
