@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "prune_global": False,
     "compensate": "udfc",
     "udfc_requant": True,
+    "udfc_check": True,  # keep the pruning compensation only where it lowers the error on synthetic probe inputs
     "udfc_partners": "nnls",
     "udfc_loss": "bn",
     "alpha_p": 0.0,
@@ -122,7 +123,7 @@ def build_passes(o: dict, ctx: Context) -> list:
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
                  step=float(o["prune_step"]), global_rank=bool(o["prune_global"]), compensate=o["compensate"],
                  alpha_p=float(o["alpha_p"]), alpha_q=float(o["alpha_q"]), partners=o["udfc_partners"],
-                 loss=o["udfc_loss"], weight_bits=(o["wbits"], o["first_last_bits"]) if quantizing and compensating else None),
+                 loss=o["udfc_loss"], check=bool(o["udfc_check"]), weight_bits=(o["wbits"], o["first_last_bits"]) if quantizing and compensating else None),
     ]
     if quantizing and compensating and o["udfc_requant"]:
         passes.append(get_pass("udfc-requant", wbits=o["wbits"], first_last_bits=o["first_last_bits"],
@@ -244,7 +245,7 @@ def load_calibration(path, mean=None, std=None) -> np.ndarray:
 def optimize(model_or_path, **options) -> onnx.ModelProto:
     """Compress a model data-free. Options (defaults): prune=0, prune_scope='inner', criterion='udfc',
     prune_step=0.05, prune_global=False,
-    compensate='udfc', udfc_partners='nnls', udfc_loss='bn', alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
+    compensate='udfc', udfc_partners='nnls', udfc_loss='bn', udfc_check=True, alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
     first_last_bits=8, no_quant=False, calib=None (best
     available), calib_samples=256, calibrator='mse', seed=0, input_mean/input_std=None."""
     return optimize_with_report(model_or_path, **{"measure": False, **options})[0]

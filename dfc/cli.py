@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--udfc-loss", choices=UDFC_LOSSES,
                    help="reconstruction error on the BN-moment model of the activations (bn, default) or on the "
                         "folded weights and biases (weights)")
+    o.add_argument("--no-udfc-check", action="store_true",
+                   help="keep the pruning compensation even where it does not lower the output error on synthetic "
+                        "probe inputs (by default the pruned model with and without it are compared and the closer kept)")
     o.add_argument("--no-requant", action="store_true",
                    help="no UDFC rescaling for quantized channels (pruned channels are still compensated)")
     o.add_argument("--alpha-p", type=float, help="bias weight of the UDFC weights loss for pruned channels (default 0, from a sweep)")
@@ -167,7 +170,7 @@ def cmd_optimize(args) -> int:
         model,
         prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
         alpha_p=args.alpha_p, alpha_q=args.alpha_q, udfc_partners=args.udfc_partners, udfc_loss=args.udfc_loss,
-        udfc_requant=False if args.no_requant else None,
+        udfc_requant=False if args.no_requant else None, udfc_check=False if args.no_udfc_check else None,
         prune_step=args.prune_step, prune_global=args.prune_global or None,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, seed=args.seed,

@@ -69,13 +69,19 @@ def _compensation_lines(passes: dict) -> list[str]:
     out = []
     prune = passes.get("prune", {})
     comp = prune.get("compensation")
-    if comp and comp["layers"]:
+    check = (comp or {}).get("check")
+    if check and not comp["used"]:
+        out.append(f"udfc: pruning compensation not used: it did not lower the output error on {check['samples']} "
+                   f"{check['probe']} probe inputs (MSE {check['mse_compensated']:.4g} with, {check['mse_plain']:.4g} without)")
+    elif comp and comp["layers"]:
         dropped = sum(r["dropped"] for r in comp["layers"])
         merged = sum(r["merged"] for r in comp["layers"])
         errs = [s["predicted_error"] for r in comp["layers"] for s in r["steps"]]
         out.append(f"udfc: {merged} of {dropped} pruned channels rebuilt from kept ones ({comp['partners']}, "
                    f"{comp['loss']} loss) in {len(comp['layers'])} layers; predicted error left "
-                   f"{100 * sum(errs) / len(errs):.0f} % of plain pruning's (mean over steps, see --report)")
+                   f"{100 * sum(errs) / len(errs):.0f} % of plain pruning's (mean over steps, see --report)"
+                   + (f"; output MSE on {check['samples']} {check['probe']} probe inputs {check['mse_compensated']:.4g} "
+                      f"(plain removal {check['mse_plain']:.4g})" if check else ""))
     rq = passes.get("udfc-requant")
     if rq and rq["layers"]:
         before = sum(r["predicted_error_before"] for r in rq["layers"])

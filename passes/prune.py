@@ -16,6 +16,11 @@ With `compensate` = udfc every removed group is first rebuilt from the kept grou
 family by rescaling their consumer weights (`dfc.compensation.compensate_pruned`): one partner or a
 non-negative combination (`partners`), on the BN-moment or the weights loss (`loss`); with
 `weight_bits` = (wbits, first_last_bits) the partners' filters are taken as they will be quantized.
+With `check` (default) the UDFC result is verified: the same schedule runs once with and once without
+compensation, each on its own copy, and the one whose outputs are closer (mean squared error) to
+the unpruned graph's on synthetic probe inputs is kept (`dfc.probe`: the BNS calibration samples
+when the run has them, else Gaussian noise in the input space), so compensation never makes the
+pruned model worse on those inputs; the report gives both errors.
 A "layer" (family) is the set of layers that produce the group's channels: one conv for inner
 groups; all the convs and shortcut pads that feed one residual stream for residual groups.
 """
@@ -28,7 +33,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfc import ir, pairwise
+from dfc import ir, pairwise, probe
 from dfc.channels import ChannelAnalysis, Group
 from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
 from dfc.compensation import family_name, path_problem, removal_errors
@@ -39,6 +44,7 @@ from dfc.progress import progress_bar
 from dfc.surgery import is_dead, remove_groups
 
 CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
+PROBE_SAMPLES, PROBE_SALT = 256, 3
 SCOPES = ("inner", "all")
 
 
@@ -84,7 +90,7 @@ class Prune(Pass):
     def default_options(cls):
         return {"ratio": 0.0, "scope": "inner", "criterion": "udfc", "step": 0.05, "global_rank": False,
                 "compensate": "none", "partners": "nnls", "loss": "bn", "alpha_p": 0.0, "alpha_q": 1000.0,
-                "weight_bits": None}
+                "weight_bits": None, "check": True}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         o = self.options
@@ -103,7 +109,10 @@ class Prune(Pass):
         graph = remove_groups(graph, analysis, dead, ctx)
         res["dead_groups_removed"] = len(dead)
         if o["ratio"] > 0:
-            graph, stats = self._schedule(graph, ctx, None if dead else analysis)
+            if o["compensate"] != "none" and o["check"]:
+                graph, stats = self._checked_schedule(graph, ctx)
+            else:
+                graph, stats = self._schedule(graph, ctx, None if dead else analysis)
             res.update(stats)
         res["layers"] = _layer_report(before, _layer_shapes(graph))
         ctx.results["prune"] = res
@@ -111,7 +120,34 @@ class Prune(Pass):
 
     # ---------------------------------------------------------------- schedule
 
-    def _schedule(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None) -> tuple[gs.Graph, dict]:
+    def _checked_schedule(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
+        """The schedule with and without compensation on copies of `graph`; keeps the one closer to `graph` on the
+        probe inputs (compensation never worse there). Unchecked, with a note, when no probe batch can be made."""
+        x = probe.inputs(graph, ctx, PROBE_SAMPLES, salt=PROBE_SALT)
+        if x is None:
+            return self._schedule(graph, ctx, None)
+        ref = probe.outputs(graph, x)
+        trials = {}
+        for comp in (self.options["compensate"], "none"):
+            runner = self if comp == self.options["compensate"] else Prune(**{**self.options, "compensate": "none"})
+            tctx = probe.trial_context(ctx)
+            g, stats = runner._schedule(ir.import_graph(ir.export_model(graph)), tctx, None, desc=f"prune ({comp})")
+            trials[comp] = (g, stats, tctx, probe.mse(ref, probe.outputs(g, x)))
+        err_c, err_n = trials[self.options["compensate"]][3], trials["none"][3]
+        pick = self.options["compensate"] if err_c <= err_n else "none"
+        g, stats, tctx, _ = trials[pick]
+        probe.adopt(ctx, tctx)
+        check = {"probe": probe.source(ctx), "samples": int(len(x)), "mse_compensated": _sig(err_c),
+                 "mse_plain": _sig(err_n), "kept": pick}
+        if pick == "none":
+            ctx.note(f"prune: UDFC compensation did not reduce the output error on {len(x)} {check['probe']} probe inputs "
+                     f"(MSE {err_c:.4g} with, {err_n:.4g} without); kept plain removal")
+        stats["compensation"] = {**trials[self.options["compensate"]][1].get("compensation", {}), "used": pick != "none",
+                                 "check": check}
+        return g, stats
+
+    def _schedule(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None, desc: str = "prune"
+                  ) -> tuple[gs.Graph, dict]:
         """Progressive pruning; `analysis` of `graph` when the caller already has it."""
         o = self.options
         ratio, scope, step = float(o["ratio"]), o["scope"], float(o["step"])
@@ -133,7 +169,7 @@ class Prune(Pass):
 
             bits = weight_bit_plan(graph, *o["weight_bits"])
         steps = max(1, math.ceil(ratio / step - 1e-9))
-        for k in progress_bar(range(1, steps + 1), desc="prune", total=steps, unit="step"):
+        for k in progress_bar(range(1, steps + 1), desc=desc, total=steps, unit="step"):
             if k > 1:
                 analysis = ChannelAnalysis(graph)
             r = min(ratio, k * step)
@@ -252,6 +288,10 @@ def _input_bounds(graph: gs.Graph, ctx: Context) -> dict | None:
     if not isinstance(x.shape[1], (int, np.integer)) or np.size(lo) not in (1, x.shape[1]):
         return None
     return activation_bounds(graph, np.broadcast_to(lo, (x.shape[1],)), np.broadcast_to(hi, (x.shape[1],)))
+
+
+def _sig(v: float) -> float:
+    return float(f"{float(v):.6g}")
 
 
 def _blocked_summary(groups: list[Group]) -> list[dict]:

@@ -5,8 +5,7 @@ Flatten through the passes.
 - prune (any ratio, scope, criterion, compensation) gives a valid model that ORT runs, with the same output shape
   and no more weights than before;
 - quantize (any bit widths 2-8) gives a valid model that ORT runs, with finite outputs;
-- UDFC compensation against plain removal of the same channels, as a statistic over drawn models (it is not
-  never worse: see that test).
+- UDFC compensation (with its probe check, the default) is never worse than plain removal of the same channels.
 
 Derandomized, so that CI sees the same examples on every run.
 """
@@ -17,6 +16,7 @@ import logging
 
 import numpy as np
 import onnx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
@@ -173,15 +173,16 @@ def test_quantize_gives_a_valid_model(model, wbits, abits, ratio):
     assert np.isfinite(y).all()
 
 
-def test_compensation_against_none_on_bn_models():
+def test_compensation_never_worse_than_none_on_bn_models():
     """UDFC vs plain removal of the same channels (l1-prebn), output MSE on inputs like those the (calibrated) BN
-    statistics describe, over 60 drawn models whose pruned layers have BN. The BN-moment model takes channel
-    correlations from filter cosines, exact only for uncorrelated layer inputs, so a model can end up worse than
-    with plain removal: "never worse" does NOT hold (these 60 examples: 5 worse, the worst 3.1x;
-    docs/robustness.md). Asserted: at most 15 % of the models worse, median ratio below 0.9."""
+    statistics describe, over 150 drawn models whose pruned layers have BN. The BN-moment model alone is not never
+    worse (its channel correlations come from filter cosines, exact only for uncorrelated layer inputs; see
+    test_compensation_check_falls_back_when_udfc_is_worse), so the prune pass checks the result on synthetic probe
+    inputs and keeps plain removal where UDFC does not help. Asserted: never worse than plain removal beyond the
+    sampling noise between the probe draw and this evaluation draw (2 %), and better on most models."""
     ratios = []
 
-    @settings(max_examples=60, **SETTINGS)
+    @settings(max_examples=150, **SETTINGS)
     @given(random_model_with_bn, st.floats(0.1, 0.6))
     def one(model, ratio):
         model = calibrate_bn(model, _inputs(model, 256, 3))  # BN statistics that describe the inputs below
@@ -194,5 +195,41 @@ def test_compensation_against_none_on_bn_models():
 
     one()
     r = np.array(ratios)
-    assert len(r) >= 40
-    assert (r > 1.0).mean() <= 0.15 and np.median(r) < 0.9, sorted(r.round(3))[-5:]
+    assert len(r) >= 100
+    assert r.max() <= 1.02, sorted(r.round(3))[-5:]
+    assert np.median(r) < 0.9 and (r < 0.99).mean() > 0.6, np.median(r)
+
+
+def _linear_stack(seed: int) -> onnx.ModelProto:
+    """Conv-BN, Conv-BN, two Conv-BN branches concatenated, Conv-BN, GAP, Gemm; no ReLU: the layer inputs are
+    strongly correlated, which the BN-moment model of UDFC does not see."""
+    b = _Builder(seed)
+    x = b.unit("x", 3, 6, 3, True, False)
+    x = b.unit(x, 6, 6, 3, True, False)
+    x = b.node("Concat", [b.unit(x, 6, 6, 3, True, False), b.unit(x, 6, 4, 1, True, False)], axis=1)
+    x = b.unit(x, 10, 8, 3, True, False)
+    f = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    return b.model(["N", 3, 6, 6], b.gemm(f, 8, 4), ["N", 4])
+
+
+def test_compensation_check_falls_back_when_udfc_is_worse():
+    """A model where unchecked UDFC is 2.5x worse than plain removal: the check keeps plain removal, says so in a
+    note and in the report; on a model where UDFC helps it is kept."""
+    from dfc.api import optimize_with_report
+
+    common = dict(no_quant=True, prune=0.5, prune_scope="inner", criterion="l1-prebn", measure=False)
+    for seed, udfc_wins in ((2, False), (5, True)):
+        model = _linear_stack(seed)
+        model = calibrate_bn(model, _inputs(model, 256, 3))
+        x = _inputs(model, 512, 4)
+        ref = run(model, x)
+        err = lambda m: float(np.mean((run(m, x) - ref) ** 2))  # noqa: E731
+        unchecked = err(optimize(model, compensate="udfc", udfc_check=False, **common))
+        plain = err(optimize(model, compensate="none", **common))
+        checked_model, report = optimize_with_report(model, compensate="udfc", **common)
+        assert (unchecked < plain) == udfc_wins, (seed, unchecked, plain)  # the situation this test is about
+        comp = report["passes"]["prune"]["compensation"]
+        assert comp["used"] == udfc_wins and comp["check"]["probe"] == "gaussian" and comp["check"]["samples"] == 256
+        assert err(checked_model) == pytest.approx(min(unchecked, plain), rel=1e-6)
+        fell_back = any("UDFC compensation did not reduce the output error" in n for n in report["notes"])
+        assert fell_back == (not udfc_wins)
