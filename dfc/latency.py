@@ -2,7 +2,10 @@
 
 All models get sessions with the same thread settings, then run in alternation (A, B, C, A, B,
 C, ...) so that drifts in machine load hit every model alike; each model's latency is the median
-of its runs.
+of its runs. The sessions do not spin-wait: with spinning (ORT's default) the worker threads of the
+session that just ran keep spinning while the next one runs and take its cores, which on a 2-core
+machine inflated every time by 30-70 ms on ResNet-56 and pulled ratios towards 1 (0.5 all pruned:
+0.63-0.67 alternating with spinning, 0.53-0.55 without, 0.49-0.54 timing each model alone).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def median_latencies(
     from dfc.progress import progress_bar
     from dfc.runtime import fixed_batch, make_session
 
-    sessions = {k: make_session(m, threads=threads) for k, m in models.items()}
+    sessions = {k: make_session(m, threads=threads, spinning=False) for k, m in models.items()}
     fixed = {fixed_batch(s) for s in sessions.values()} - {None}
     if fixed:  # a model with a fixed batch size is timed at that batch size
         x = x[: min(fixed)]

@@ -7,10 +7,14 @@ import onnx
 import onnxruntime as ort
 
 
-def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
-    """A CPU session; threads=0 lets ORT choose, otherwise intra-op threads are fixed (inter-op 1)."""
+def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool = True, spinning: bool = True
+                 ) -> ort.InferenceSession:
+    """A CPU session; threads=0 lets ORT choose, otherwise intra-op threads are fixed (inter-op 1);
+    `spinning=False`: worker threads sleep instead of spin-waiting between ops and runs."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
