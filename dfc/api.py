@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "calib_samples": 256,
     "calib_data": None,
     "calibrator": "mse",
+    "bias_correction": True,  # correct each quantized layer's mean output shift (on the calibration samples)
     "save_calib": None,  # path: keep the calibration samples (.npz, key `x`)
     "inverter_steps": 200,
     "inverter_batch": 256,
@@ -133,6 +134,7 @@ def build_passes(o: dict, ctx: Context) -> list:
             get_pass(
                 "quantize", wbits=o["wbits"], abits=o["abits"], first_last_bits=o["first_last_bits"],
                 calib=calib, calib_samples=o["calib_samples"], calib_data=o["calib_data"], calibrator=o["calibrator"],
+                bias_correction=bool(o["bias_correction"]),
             )
         )
     return passes

@@ -68,17 +68,11 @@ def collect_ranges(
 ) -> dict[str, tuple[float, float]]:
     """Per-tensor (lo, hi) of `names` over the calibration batch `x`, by running ORT."""
     from dfc.progress import progress_bar
-    from dfc.runtime import fixed_batch, make_session, run_batched
+    from dfc.runtime import fixed_batch, run_batched
 
     if calibrator not in CALIBRATORS:
         raise DfcError(f"unknown calibrator {calibrator!r}; choose from {', '.join(CALIBRATORS)}")
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for n in names:
-        if n not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    sess = make_session(probe, optimize=False)
+    sess = _exposing_session(model, names)
     lo = {n: [] for n in names}
     hi = {n: [] for n in names}
     kept = {n: [] for n in names}
@@ -110,16 +104,50 @@ def collect_ranges(
     return {n: (float(np.mean(lo[n])), float(np.mean(hi[n]))) for n in names}
 
 
+def _exposing_session(model: onnx.ModelProto, names: list[str]):
+    """An unoptimised ORT session of `model` with the tensors `names` added to its outputs."""
+    from dfc.runtime import make_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    return make_session(probe, optimize=False)
+
+
+def channel_means(model: onnx.ModelProto, params: dict, x: np.ndarray, batch: int = 64,
+                  progress: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per tensor name in `params` (-> its `ActQParams`): the per-channel (axis 1) means of the tensor and of
+    the tensor after fake quantization, over the batch `x` and all other axes."""
+    from dfc.progress import progress_bar
+    from dfc.quant_math import fake_quant_act
+    from dfc.runtime import fixed_batch, run_batched
+
+    names = list(params)
+    sess = _exposing_session(model, names)
+    batch = fixed_batch(sess) or batch
+    sums: dict[str, list] = {n: [0.0, 0.0, 0] for n in names}
+    for s in progress_bar(range(0, len(x), batch), desc=progress, total=-(-len(x) // batch)):
+        for n, v in zip(names, run_batched(sess, x[s : s + batch], batch, outputs=names)):
+            v = np.asarray(v, np.float32)
+            axes = tuple(i for i in range(v.ndim) if i != 1)
+            sums[n][0] = sums[n][0] + v.sum(axis=axes, dtype=np.float64)
+            sums[n][1] = sums[n][1] + fake_quant_act(v, params[n]).sum(axis=axes, dtype=np.float64)
+            sums[n][2] += v.size // max(1, v.shape[1])
+    return {n: (a / max(1, c), b / max(1, c)) for n, (a, b, c) in sums.items()}
+
+
 def mse_range(v: np.ndarray, lo: float, hi: float, bits: int, grid: int = 50) -> tuple[float, float]:
     """The range [α·lo, α·hi] minimising mean((v − fakequant(v))²) over α in (0, 1]."""
-    from dfc.quant_math import act_qparams
+    from dfc.quant_math import act_qparams, fake_quant_act
 
     best, best_err = (lo, hi), np.inf
     v = v.astype(np.float32)
     for a in np.linspace(1.0, 1.0 / grid, grid):
         p = act_qparams(a * lo, a * hi, bits)
-        q = np.clip(np.round(v / p.scale) + p.zero_point, 0, p.qmax)
-        err = float(np.mean(((q - p.zero_point) * p.scale - v) ** 2))
+        err = float(np.mean((fake_quant_act(v, p) - v) ** 2))
         if err < best_err:
             best, best_err = (a * lo, a * hi), err
     return best

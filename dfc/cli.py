@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--calib", choices=["bns", "gaussian", "inception", "bns+inception"],
                    help="synthetic calibration data (default: best available)")
     o.add_argument("--calib-samples", type=int, help="number of calibration samples (default 256)")
+    o.add_argument("--no-bias-correction", action="store_true",
+                   help="no bias correction (by default each quantized layer's bias cancels the mean output shift its "
+                        "weight and input quantization cause, measured on the calibration samples)")
     o.add_argument("--calibrator", choices=["minmax", "percentile", "mse"], help="activation range rule (default mse: the range that minimises the quantization error)")
     o.add_argument("--calib-data", help="calibrate on these inputs instead: .npz with `x` (float, as --save-calib "
                                         "writes) or `images` (uint8 NHWC, with --input-mean/--input-std)")
@@ -173,7 +176,7 @@ def cmd_optimize(args) -> int:
         udfc_requant=False if args.no_requant else None, udfc_check=False if args.no_udfc_check else None,
         prune_step=args.prune_step, prune_global=args.prune_global or None,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
-        calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, seed=args.seed,
+        calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, bias_correction=False if args.no_bias_correction else None, seed=args.seed,
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,
         inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
         device=args.device, input_mean=mean, input_std=std,

@@ -38,6 +38,12 @@ class ActQParams:
         return (0 - self.zero_point) * self.scale, (self.qmax - self.zero_point) * self.scale
 
 
+def fake_quant_act(v: np.ndarray, p: ActQParams) -> np.ndarray:
+    """(clip(round(v/s) + zp, 0, 2^b − 1) − zp)·s: what a QuantizeLinear → DequantizeLinear pair gives."""
+    q = np.clip(np.round(v / p.scale) + p.zero_point, 0, p.qmax)
+    return (q - p.zero_point) * p.scale
+
+
 def act_qparams(lo: float, hi: float, bits: int) -> ActQParams:
     """Asymmetric uint params for the calibrated range [lo, hi] (widened to include 0)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)

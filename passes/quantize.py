@@ -73,6 +73,7 @@ class Quantize(Pass):
             "calib_data": None,  # an array of inputs, overrides `calib`
             "calibrator": "mse",
             "percentile": 99.99,
+            "bias_correction": True,  # move each layer's mean output back to float's (on the calibration samples)
         }
 
     # ------------------------------------------------------------------ plan
@@ -137,6 +138,12 @@ class Quantize(Pass):
 
         # ------------------------------------------------------------- rewrite
         input_of = {id(n): n.inputs[0].name for n in weighted}  # float names, before Q/DQ goes in
+        means = {}
+        if o["bias_correction"]:
+            for n in weighted:
+                self._ensure_bias(n)
+            x_names = {input_of[id(n)] for n in weighted if input_of[id(n)] in params}
+            means = calibration.channel_means(model, {t: params[t] for t in x_names}, x, progress="bias correction")
         for r in fused.values():
             ir.bypass_node(graph, r)
         tensors = graph.tensors()
@@ -146,7 +153,7 @@ class Quantize(Pass):
         layers = []
         for n in weighted:
             x_params = params[input_of[id(n)]]
-            layers.append(self._quantize_weights(graph, n, layer_bits[id(n)], x_params))
+            layers.append(self._quantize_weights(graph, n, layer_bits[id(n)], x_params, means.get(input_of[id(n)])))
 
         accelerated = all(b == 8 for b in (o["wbits"], o["abits"], o["first_last_bits"]))
         ctx.metadata["dfc.quantization"] = json.dumps(
@@ -168,6 +175,7 @@ class Quantize(Pass):
             "ort_accelerated": accelerated,
             "activation_tensors": len(act_bits),
             "relus_absorbed": len(fused),
+            "bias_correction": bool(means),
             "layers": layers,
             "left_in_float": skipped,
         }
@@ -243,6 +251,42 @@ class Quantize(Pass):
                     act_bits[src] = max(act_bits[src], act_bits[n.outputs[0].name])
         return shared
 
+    # ------------------------------------------------------------------ bias correction
+
+    @staticmethod
+    def _ensure_bias(n: gs.Node) -> None:
+        """A zero bias on a Conv / plain Gemm that has none, so that bias correction has one to move."""
+        if n.op == "MatMul" or ir.input_at(n, 2) is not None:
+            return
+        if n.op == "Gemm" and (float(n.attrs.get("alpha", 1.0)) != 1.0 or float(n.attrs.get("beta", 1.0)) != 1.0):
+            return
+        w = ir.const_value(n.inputs[1])
+        n.inputs.append(ir.make_const(n.name + "_bias0", np.zeros(w.shape[Quantize._weight_axis(n)], np.float32)))
+
+    @staticmethod
+    def _bias_shift(n: gs.Node, w: np.ndarray, w_hat: np.ndarray, x_mean: np.ndarray, xq_mean: np.ndarray) -> np.ndarray | None:
+        """Bias correction of one layer (Nagel et al. 2019, "Data-Free Quantization", §4.2, here with the input's
+        quantization too): the layer's mean output per channel in float, W·E[x], minus the mean it has with
+        quantized weights on quantized inputs, Ŵ·E[Q(x)], with E[·] per input channel over the calibration samples
+        (the kernel sums the channel mean; zero padding at the borders is neglected). Adding it to the bias cancels
+        the mean shift this layer adds; each layer is corrected for its own error only, given float inputs.
+        None when the layer's form is not handled (no change then)."""
+        w, w_hat = np.asarray(w, np.float64), np.asarray(w_hat, np.float64)
+        if n.op == "Conv":
+            groups = int(n.attrs.get("group", 1))
+            o, cg = w.shape[0], w.shape[1]
+            if x_mean.size != cg * groups or o % groups:
+                return None
+            ksum, ksum_hat = w.reshape(o, cg, -1).sum(2), w_hat.reshape(o, cg, -1).sum(2)
+            xm, xq = x_mean.reshape(groups, cg), xq_mean.reshape(groups, cg)
+            g_of = np.arange(o) // (o // groups)
+            return (ksum * xm[g_of]).sum(1) - (ksum_hat * xq[g_of]).sum(1)
+        rows = w if n.op == "Gemm" and int(n.attrs.get("transB", 0)) else w.T
+        rows_hat = w_hat if n.op == "Gemm" and int(n.attrs.get("transB", 0)) else w_hat.T
+        if rows.shape[1] != x_mean.size:
+            return None
+        return rows @ x_mean - rows_hat @ xq_mean
+
     # ------------------------------------------------------------------ edits
 
     @staticmethod
@@ -264,23 +308,32 @@ class Quantize(Pass):
         graph.nodes.append(gs.Node("QuantizeLinear", name=base + "_Q", inputs=[src, scale, zp], outputs=[q_out]))
         graph.nodes.append(gs.Node("DequantizeLinear", name=base + "_DQ", inputs=[q_out, scale, zp], outputs=[dq_out]))
 
-    def _quantize_weights(self, graph: gs.Graph, n: gs.Node, bits: int, x_params: qm.ActQParams) -> dict:
+    def _quantize_weights(self, graph: gs.Graph, n: gs.Node, bits: int, x_params: qm.ActQParams,
+                          x_means: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        """Per-channel weights and int32 bias of one layer; with `x_means` (E[x], E[Q(x)] per input channel) the
+        bias is corrected first (`_bias_shift`)."""
         axis = self._weight_axis(n)
         w = ir.const_value(n.inputs[1])
         q, s = qm.quantize_weight(w, bits, axis)
-        err = qm.relative_error(w, qm.dequantize_weight(q, s, axis))
+        w_hat = qm.dequantize_weight(q, s, axis)
+        err = qm.relative_error(w, w_hat)
         n.inputs[1] = self._dq_const(graph, n.name + "_w", q, s, np.zeros(s.shape, np.int8), axis, w.shape)
         bias_int = False
         b_in = ir.input_at(n, 2)
         b = ir.const_value(b_in) if b_in is not None else None
         plain_gemm = n.op != "Gemm" or (float(n.attrs.get("alpha", 1.0)) == 1.0 and float(n.attrs.get("beta", 1.0)) == 1.0)
+        shift = None
         if b is not None and b.size == s.size and plain_gemm:
+            shift = self._bias_shift(n, w, w_hat, *x_means) if x_means is not None else None
+            if shift is not None:
+                b = (b.astype(np.float64).ravel() + shift).astype(np.float32)
             qb, sb = qm.quantize_bias(b.ravel(), x_params.scale, s)
             n.inputs[2] = self._dq_const(graph, n.name + "_b", qb, sb, np.zeros(sb.shape, np.int32), 0, (b.size,))
             bias_int = True
         return {
             "node": n.name, "op": n.op, "wbits": bits, "input_bits": x_params.bits,
             "weight_rel_error": round(err, 6), "int32_bias": bias_int,
+            "bias_shift": None if shift is None else round(float(np.abs(shift).mean()), 6),
         }
 
     @staticmethod

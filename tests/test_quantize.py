@@ -115,3 +115,54 @@ def test_same_seed_same_bytes_different_seed_different_calibration():
     c, _ = _quantize(m, ctx=Context(seed=2))
     assert a.SerializeToString() == b.SerializeToString()
     assert a.SerializeToString() != c.SerializeToString()
+
+
+def _grouped_conv_gemm(k: int, seed: int = 0) -> onnx.ModelProto:
+    """x[N,4,6,6] -> grouped Conv kxk (2 groups, no padding, no bias) -> Flatten -> Gemm(3): both layers'
+    outputs are graph outputs, so their means can be compared."""
+    from conftest import make_model
+
+    r = np.random.default_rng(seed)
+    side = 7 - k
+    inits = {"w": r.normal(0, 0.4, (6, 2, k, k)).astype(np.float32),
+             "fw": r.normal(0, 0.3, (3, 6 * side * side)).astype(np.float32),
+             "fb": r.normal(0, 0.1, 3).astype(np.float32)}
+    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["c"], group=2, name="conv"),
+             onnx.helper.make_node("Flatten", ["c"], ["f"], axis=1, name="flat"),
+             onnx.helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1, name="fc")]
+    return make_model(nodes, [("x", ["N", 4, 6, 6])], [("y", ["N", 3]), ("c", ["N", 6, side, side])], inits)
+
+
+@pytest.mark.parametrize("bits,k", [(3, 1), (8, 1), (4, 3)])
+def test_bias_correction_restores_each_layers_mean_output(bits, k):
+    """Bias correction (default) moves each layer's mean output per channel back to float's on the calibration
+    samples. For a 1x1 Conv on the graph input (grouped, no bias of its own: it gets one) that is exact up to half
+    the int32 bias step s_x·s_w; a 3x3 kernel without padding weighs border pixels less than the channel mean the
+    correction uses, which leaves sampling noise. Without it the shift of the rounding stays."""
+    m = _grouped_conv_gemm(k)
+    x = rand((256, 4, 6, 6), seed=1) + 0.5  # a non-zero input mean: weight rounding shifts the output mean
+    ref_y, ref_c = run_all(m, x)
+    shift, residual = {}, {}
+    for bc in (True, False):
+        q, ctx = _quantize(m, wbits=bits, abits=bits, first_last_bits=bits, calib_data=x, bias_correction=bc)
+        y, c = run_all(q, x)
+        residual[bc] = np.abs(c.mean((0, 2, 3)) - ref_c.mean((0, 2, 3)))
+        shift[bc] = (residual[bc].mean(), np.abs(y.mean(0) - ref_y.mean(0)).mean())
+        assert ctx.results["quantize"]["bias_correction"] is bc
+        assert all((r["bias_shift"] is not None) is bc for r in ctx.results["quantize"]["layers"])
+        if bc:
+            inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+            step = inits["conv_b_scale"]
+    if k == 1:
+        assert np.all(residual[True] <= 0.5 * step + 1e-5), (residual, step)
+        assert residual[True].sum() <= residual[False].sum(), residual  # equal where the shift is below the step
+    else:
+        assert shift[True][0] < 0.25 * shift[False][0], shift
+    assert shift[True][1] < 0.5 * shift[False][1], shift
+
+
+def run_all(model, x):
+    from dfc.runtime import make_session
+
+    s = make_session(model)
+    return s.run(None, {s.get_inputs()[0].name: x})
