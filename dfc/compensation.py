@@ -66,14 +66,7 @@ def _in_ops(n: gs.Node, ops: set[str]) -> bool:
         return True
     if n.op in LINEAR_JOINS:
         return all(isinstance(x, gs.Variable) for x in n.inputs)
-    return n.op == "Pad" and _zero_pad(n)
-
-
-def _zero_pad(n: gs.Node) -> bool:
-    if n.attrs.get("mode", "constant") not in ("constant", b"constant"):
-        return False
-    v = ir.const_value(ir.input_at(n, 2))
-    return v is None or not np.any(v)
+    return ir.is_zero_pad(n)
 
 
 def _sink_axis(node: gs.Node) -> int:

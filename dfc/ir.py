@@ -135,6 +135,14 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, skip: gs.Node 
         graph.outputs = [new if o is old else o for o in graph.outputs]
 
 
+def is_zero_pad(n: gs.Node) -> bool:
+    """A Pad in constant mode with value 0 (or none given)."""
+    if n.op != "Pad" or n.attrs.get("mode", "constant") not in ("constant", b"constant"):
+        return False
+    v = const_value(input_at(n, 2))
+    return v is None or not np.any(v)
+
+
 def bypass_node(graph: gs.Graph, node: gs.Node) -> None:
     """Remove a one-in/one-out node, rewiring so that its producer writes the node's output tensor.
 

@@ -9,8 +9,9 @@ QLinearGlobalAveragePool on x86):
   those ops (graph outputs stay float);
 - a Relu right after a Conv/Gemm/MatMul/Add is absorbed into the output quantizer: its range
   starts at 0, so the zero point is 0 and QuantizeLinear's saturation is the Relu;
-- reshaping ops (Flatten, Reshape, ...) and MaxPool reuse their input's parameters so that ORT can
-  drop the Q/DQ pair around them.
+- reshaping ops (Flatten, Reshape, ...), MaxPool, Slice and zero Pad (the option-A shortcut of the CIFAR
+  ResNets) reuse their input's parameters: no second rounding or clipping of values already on the grid,
+  and ORT can drop the Q/DQ pair around them.
 Bit widths 2-8: weights use the narrower symmetric range inside int8; activations below 8 bits get
 a Clip to the b-bit range in front of the QuantizeLinear. Both are accuracy simulation: ORT runs
 them with its 8-bit kernels (no extra size or speed gain; a Clip also stops the fusion).
@@ -32,7 +33,7 @@ from dfc.pipeline import Context, Pass, register
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 POOLS = ("GlobalAveragePool", "AveragePool")
-SHARED_PARAM_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool")
+SHARED_PARAM_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Slice")
 FUSABLE_ACTIVATION_PRODUCERS = WEIGHTED + ("Add",)
 
 
@@ -240,15 +241,20 @@ class Quantize(Pass):
 
     @staticmethod
     def _shared_params(graph: gs.Graph, act_bits: dict[str, int]) -> dict[str, str]:
-        """Output of a reshaping op / MaxPool -> its quantized input, whose parameters it reuses."""
+        """Output of a value-preserving op (reshapes, MaxPool, Slice, zero Pad; chains of them) -> the quantized
+        tensor upstream whose parameters it reuses."""
         shared: dict[str, str] = {}
+        keeps = lambda n: n is not None and (n.op in SHARED_PARAM_OPS or ir.is_zero_pad(n))  # noqa: E731
         for n in graph.nodes:
-            if n.op in SHARED_PARAM_OPS and n.outputs[0].name in act_bits:
-                src = n.inputs[0].name
-                src = shared.get(src, src)
-                if src in act_bits:
-                    shared[n.outputs[0].name] = src
-                    act_bits[src] = max(act_bits[src], act_bits[n.outputs[0].name])
+            if not keeps(n) or n.outputs[0].name not in act_bits:
+                continue
+            src = n.inputs[0]
+            while src.name not in act_bits and keeps(ir.producer(src)):
+                src = ir.producer(src).inputs[0]
+            name = shared.get(src.name, src.name)
+            if name in act_bits:
+                shared[n.outputs[0].name] = name
+                act_bits[name] = max(act_bits[name], act_bits[n.outputs[0].name])
         return shared
 
     # ------------------------------------------------------------------ bias correction
