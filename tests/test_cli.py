@@ -138,3 +138,21 @@ def test_eval_errors_name_the_problem(tmp_path, capsys):
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "dfc.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "dfc" in r.stdout
+
+
+def test_check_and_bias_correction_flags_reach_the_report(tmp_path):
+    """--no-udfc-check and --no-bias-correction switch the two safeguards off; by default both run and report."""
+    def report(*flags):
+        out, rep = tmp_path / "m.onnx", tmp_path / "m.json"
+        assert main(["optimize", str(DEMO), "-o", str(out), "-q", "--prune", "0.25", "--calib", "gaussian",
+                     "--no-measure", "--report", str(rep), *flags]) == 0
+        return json.loads(rep.read_text())["passes"]
+
+    default = report()
+    check = default["prune"]["compensation"]["check"]
+    assert check["probe"] == "gaussian" and check["samples"] == 256 and check["kept"] in ("udfc", "none")
+    assert default["quantize"]["bias_correction"] is True
+    assert any(r["bias_shift"] is not None for r in default["quantize"]["layers"])
+    off = report("--no-udfc-check", "--no-bias-correction")
+    assert "check" not in off["prune"]["compensation"] and off["quantize"]["bias_correction"] is False
+    assert all(r["bias_shift"] is None for r in off["quantize"]["layers"])
