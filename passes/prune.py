@@ -115,6 +115,7 @@ class Prune(Pass):
                 graph, stats = self._schedule(graph, ctx, None if dead else analysis)
             res.update(stats)
         res["layers"] = _layer_report(before, _layer_shapes(graph))
+        _blocked_kernel_note(res["layers"], ctx)
         ctx.results["prune"] = res
         return graph
 
@@ -288,6 +289,27 @@ def _input_bounds(graph: gs.Graph, ctx: Context) -> dict | None:
     if not isinstance(x.shape[1], (int, np.integer)) or np.size(lo) not in (1, x.shape[1]):
         return None
     return activation_bounds(graph, np.broadcast_to(lo, (x.shape[1],)), np.broadcast_to(hi, (x.shape[1],)))
+
+
+def nchwc_block() -> int | None:
+    """Channel block of ONNX Runtime's NCHWc conv kernels on this CPU (16 with AVX-512, 8 with AVX2), or None."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    return 16 if " avx512f" in flags else 8 if " avx2" in flags else None
+
+
+def _blocked_kernel_note(layers: list[dict], ctx: Context) -> None:
+    """A note when pruning left Conv layers with channel counts ORT's blocked kernels do not take: on such a layer
+    ORT falls back to slower kernels (or pads to the block), so latency need not follow the MACs."""
+    block = nchwc_block()
+    odd = [r for r in layers if r["op"] == "Conv" and r["channels_after"] and r["channels_after"] != r["channels_before"]
+           and r["channels_before"] % block == 0 and r["channels_after"] % block] if block else []
+    if odd:
+        ctx.note(f"prune: {len(odd)} pruned Conv layer(s) have channel counts that are not multiples of {block} "
+                 f"(e.g. {odd[0]['name']!r}: {odd[0]['channels_before']} -> {odd[0]['channels_after']}); ONNX Runtime's "
+                 f"blocked conv kernels on this CPU work in blocks of {block}, so latency may not fall with the MACs")
 
 
 def _sig(v: float) -> float:

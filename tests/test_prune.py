@@ -231,3 +231,20 @@ def test_pair_merge_moves_the_outgoing_weights():
     s = saliency_matrix(w_in, b_in, w_out)
     # removing neuron 1 into 0 costs ‖w0 − w1‖²·‖a1‖² = 0.01·4, removing 0 into 1 costs 0.01·1
     assert s[1, 0] == pytest.approx(0.01) and s[0, 1] == pytest.approx(0.04) and np.isinf(s[0, 0])
+
+
+@pytest.mark.parametrize("block", [16, 8])
+def test_note_when_pruned_channels_break_the_cpu_conv_blocks(monkeypatch, block):
+    """The demo CNN has 16/32-channel convs: pruning 25 % leaves 12 and 24, which are not multiples of 16 (note) but
+    24 is one of 8 (the note names only the layers that break the block); no note without pruning."""
+    from dfc.models import DEMO_MODEL
+    from dfc.passes import prune
+
+    monkeypatch.setattr(prune, "nchwc_block", lambda: block)
+    _, rep = optimize_with_report(str(DEMO_MODEL), prune=0.25, prune_scope="all", no_quant=True, compensate="none",
+                                  measure=False)
+    notes = [n for n in rep["notes"] if "blocked conv kernels" in n]
+    layers = [r for r in rep["passes"]["prune"]["layers"] if r["op"] == "Conv" and r["channels_after"] % block]
+    assert layers and len(notes) == 1 and f"{len(layers)} pruned Conv layer(s)" in notes[0] and f"of {block}" in notes[0]
+    _, rep = optimize_with_report(str(DEMO_MODEL), no_quant=True, measure=False)
+    assert not any("blocked conv kernels" in n for n in rep["notes"])
