@@ -48,7 +48,7 @@ def main() -> None:
         ratio, scope, *glob = cfg.split(":")
         for crit in args.criteria.split(","):
             m, rep = optimize_with_report(original, prune=float(ratio), prune_scope=scope, criterion=crit,
-                                          prune_global=glob == ["global"], no_quant=True, measure=False)
+                                          prune_global=glob == ["global"], compensate="none", no_quant=True, measure=False)
             name = f"{ratio} {scope}{' global' if glob else ''} {crit}"
             models[name] = m
             row = {"config": name, "params": rep["after"]["weight_params"], "params_ratio": rep["after"]["weight_params"] / base_params,
