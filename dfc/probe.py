@@ -24,14 +24,15 @@ _quiet.propagate = False
 _quiet.addHandler(logging.NullHandler())
 
 
-def inputs(graph: gs.Graph, ctx: Context, n: int, salt: int) -> np.ndarray | None:
-    """Up to `n` probe inputs for `graph`, or None (with a note) when its input cannot be generated."""
+def inputs(graph: gs.Graph, ctx: Context, n: int, salt: int, purpose: str) -> np.ndarray | None:
+    """Up to `n` probe inputs for `graph`, or None (with a note saying `purpose` is skipped) when its input cannot
+    be generated."""
     if ctx.calibration is not None:
         return ctx.calibration[:n]
     try:
         _, shape = calibration.input_spec(graph)
     except DfcError as e:
-        ctx.note(f"no probe inputs to check the result on ({e})")
+        ctx.note(f"{purpose} skipped: no synthetic probe inputs for this model ({e})")
         return None
     return calibration.gaussian_samples(shape, n, ctx.rng(salt=salt), ctx.input_range())
 

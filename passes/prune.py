@@ -124,7 +124,7 @@ class Prune(Pass):
     def _checked_schedule(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
         """The schedule with and without compensation on copies of `graph`; keeps the one closer to `graph` on the
         probe inputs (compensation never worse there). Unchecked, with a note, when no probe batch can be made."""
-        x = probe.inputs(graph, ctx, PROBE_SAMPLES, salt=PROBE_SALT)
+        x = probe.inputs(graph, ctx, PROBE_SAMPLES, salt=PROBE_SALT, purpose="prune: the check of UDFC compensation")
         if x is None:
             return self._schedule(graph, ctx, None)
         ref = probe.outputs(graph, x)
