@@ -55,7 +55,7 @@ OUTRO = """
 The BN-moment model of UDFC takes the correlation of two channels from the cosine of their filters, which is
 exact only when the layer's input channels are uncorrelated. On linear stacks whose layer input is not white
 (Conv-BN, Conv-BN, Concat of two Conv-BN, Conv-BN, GAP, Gemm; no ReLU) plain UDFC is worse than plain removal on
-12 of 40 seeds, up to 2.6x (without BN statistics, weights loss, up to 4.9x in an exploratory run). A joint check
+11 of 40 seeds, up to 2.6x (without BN statistics, weights loss, up to 4.9x in an exploratory run). A joint check
 of the merges with the cross terms between removed channels, built on the same model, caught none of these
 cases. So the prune pass now checks its own result: it runs the schedule with and without compensation on
 copies of the graph and keeps the one whose outputs are closer to the unpruned graph's on synthetic probe inputs
