@@ -97,12 +97,9 @@ class WeightEditor:
         """(filter rows [C_out, D], bias [C_out]) as the layer computes them (Gemm alpha/beta applied)."""
         w = np.asarray(self.current(node), np.float64)
         b = ir.const_value(ir.input_at(node, 2))
-        if node.op == "Conv":
-            rows = w.reshape(w.shape[0], -1)
-        else:
-            rows = w if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else w.T
-            if node.op == "Gemm":
-                rows = float(node.attrs.get("alpha", 1.0)) * rows
+        rows = ir.weight_rows(node, w)
+        if node.op == "Gemm":
+            rows = float(node.attrs.get("alpha", 1.0)) * rows
         bias = np.zeros(rows.shape[0])
         if b is not None and node.op != "MatMul":
             beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
@@ -245,9 +242,9 @@ def compensate_pruned(model: FamilyModel, keep: list[int], drop: list[int], part
     total = float(np.sum(target))
     return {
         "dropped": len(drop), "merged": merged, "loss": model.kind, "partners": "nnls" if use_nnls else "single",
-        "scale_min": _round(min(scales)) if scales else None, "scale_median": _round(np.median(scales)) if scales else None,
-        "scale_max": _round(max(scales)) if scales else None,
-        "predicted_error": _round(float(np.sum(errors)) / total) if total > 0 else 0.0,
+        "scale_min": round_sig(min(scales)) if scales else None, "scale_median": round_sig(np.median(scales)) if scales else None,
+        "scale_max": round_sig(max(scales)) if scales else None,
+        "predicted_error": round_sig(float(np.sum(errors)) / total) if total > 0 else 0.0,
     }
 
 
@@ -283,8 +280,8 @@ def compensate_quantized(graph: gs.Graph, bits: dict[str, int], alpha_q: float) 
         before = udfc.requant_losses(c, q, target, np.ones(len(s))).sum()
         after = udfc.requant_losses(c, q, target, s).sum()
         rows.append({"layer": family_name(fam), "channels": len(groups),
-                     "scale_min": _round(s.min()), "scale_max": _round(s.max()),
-                     "predicted_error_before": _round(before), "predicted_error_after": _round(after)})
+                     "scale_min": round_sig(s.min()), "scale_max": round_sig(s.max()),
+                     "predicted_error_before": round_sig(before), "predicted_error_after": round_sig(after)})
     editor.commit("requant")
     return rows, dict(skipped)
 
@@ -293,7 +290,8 @@ def family_name(fam: tuple[str, ...]) -> str:
     return fam[0] if len(fam) == 1 else f"{fam[0]} (+{len(fam) - 1} layers)"
 
 
-def _round(v) -> float:
+def round_sig(v) -> float:
+    """v to 6 significant digits (report numbers)."""
     return float(f"{float(v):.6g}")
 
 

@@ -135,6 +135,14 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, skip: gs.Node 
         graph.outputs = [new if o is old else o for o in graph.outputs]
 
 
+def weight_rows(node: gs.Node, w: np.ndarray) -> np.ndarray:
+    """The weight as [output channels, inputs per output]: Conv flattened per filter, Gemm as stored with transB,
+    else transposed (MatMul / Gemm without transB store [in, out])."""
+    if node.op == "Conv":
+        return w.reshape(w.shape[0], -1)
+    return w if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else w.T
+
+
 def is_zero_pad(n: gs.Node) -> bool:
     """A Pad in constant mode with value 0 (or none given)."""
     if n.op != "Pad" or n.attrs.get("mode", "constant") not in ("constant", b"constant"):

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from dfc import calibration, ir
@@ -44,11 +45,12 @@ def source(ctx: Context) -> str:
     return ctx.calibration_source or "synthetic"
 
 
-def outputs(graph: gs.Graph, x: np.ndarray) -> list[np.ndarray]:
-    """All graph outputs on `x` in ONNX Runtime."""
+def outputs(graph: gs.Graph | onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    """All outputs of the graph (or model) on `x` in ONNX Runtime."""
     from dfc.runtime import make_session, run_batched
 
-    return run_batched(make_session(ir.export_model(graph)), x)
+    model = graph if isinstance(graph, onnx.ModelProto) else ir.export_model(graph)
+    return run_batched(make_session(model), x)
 
 
 def mse(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:

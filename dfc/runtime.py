@@ -55,3 +55,13 @@ def fixed_batch(session: ort.InferenceSession) -> int | None:
     """The first input's batch size when the model fixes it, else None."""
     shape = session.get_inputs()[0].shape
     return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def nchwc_block() -> int | None:
+    """Channel block of ONNX Runtime's NCHWc conv kernels on this CPU (16 with AVX-512, 8 with AVX2), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return 16 if " avx512f" in flags else 8 if " avx2" in flags else None

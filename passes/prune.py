@@ -36,11 +36,12 @@ import onnx_graphsurgeon as gs
 from dfc import ir, pairwise, probe
 from dfc.channels import ChannelAnalysis, Group
 from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
-from dfc.compensation import family_name, path_problem, removal_errors
+from dfc.compensation import family_name, path_problem, removal_errors, round_sig
 from dfc.errors import DfcError
 from dfc.intervals import activation_bounds
 from dfc.pipeline import Context, Pass, register
 from dfc.progress import progress_bar
+from dfc.runtime import nchwc_block
 from dfc.surgery import is_dead, remove_groups
 
 CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
@@ -52,7 +53,7 @@ def filter_scores(node: gs.Node, criterion: str, bn_stats=None) -> np.ndarray:
     """Per output channel of a Conv/Gemm/MatMul: l1, l2 or PAODING scale of its (folded) filter;
     `l1-prebn`: l1 of the filter before BN folding, W / k with k = γ/√(σ²+ε) from the kept BN stats."""
     w = ir.const_value(node.inputs[1]).astype(np.float64)
-    rows = w.reshape(w.shape[0], -1) if node.op == "Conv" or (node.op == "Gemm" and int(node.attrs.get("transB", 0))) else w.T
+    rows = ir.weight_rows(node, w)
     if criterion == "l1-prebn":
         st = (bn_stats or {}).get(node.outputs[0].name)
         if st is not None and st.channels == rows.shape[0]:
@@ -127,19 +128,20 @@ class Prune(Pass):
         x = probe.inputs(graph, ctx, PROBE_SAMPLES, salt=PROBE_SALT, purpose="prune: the check of UDFC compensation")
         if x is None:
             return self._schedule(graph, ctx, None)
-        ref = probe.outputs(graph, x)
+        base = ir.export_model(graph)
+        ref = probe.outputs(base, x)
         trials = {}
         for comp in (self.options["compensate"], "none"):
             runner = self if comp == self.options["compensate"] else Prune(**{**self.options, "compensate": "none"})
             tctx = probe.trial_context(ctx)
-            g, stats = runner._schedule(ir.import_graph(ir.export_model(graph)), tctx, None, desc=f"prune ({comp})")
+            g, stats = runner._schedule(ir.import_graph(base), tctx, None, desc=f"prune ({comp})")
             trials[comp] = (g, stats, tctx, probe.mse(ref, probe.outputs(g, x)))
         err_c, err_n = trials[self.options["compensate"]][3], trials["none"][3]
         pick = self.options["compensate"] if err_c <= err_n else "none"
         g, stats, tctx, _ = trials[pick]
         probe.adopt(ctx, tctx)
-        check = {"probe": probe.source(ctx), "samples": int(len(x)), "mse_compensated": _sig(err_c),
-                 "mse_plain": _sig(err_n), "kept": pick}
+        check = {"probe": probe.source(ctx), "samples": int(len(x)), "mse_compensated": round_sig(err_c),
+                 "mse_plain": round_sig(err_n), "kept": pick}
         if pick == "none":
             ctx.note(f"prune: UDFC compensation did not reduce the output error on {len(x)} {check['probe']} probe inputs "
                      f"(MSE {err_c:.4g} with, {err_n:.4g} without); kept plain removal")
@@ -291,15 +293,6 @@ def _input_bounds(graph: gs.Graph, ctx: Context) -> dict | None:
     return activation_bounds(graph, np.broadcast_to(lo, (x.shape[1],)), np.broadcast_to(hi, (x.shape[1],)))
 
 
-def nchwc_block() -> int | None:
-    """Channel block of ONNX Runtime's NCHWc conv kernels on this CPU (16 with AVX-512, 8 with AVX2), or None."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return None
-    return 16 if " avx512f" in flags else 8 if " avx2" in flags else None
-
-
 def _blocked_kernel_note(layers: list[dict], ctx: Context) -> None:
     """A note when pruning left Conv layers with channel counts ORT's blocked kernels do not take: on such a layer
     ORT falls back to slower kernels (or pads to the block), so latency need not follow the MACs."""
@@ -310,10 +303,6 @@ def _blocked_kernel_note(layers: list[dict], ctx: Context) -> None:
         ctx.note(f"prune: {len(odd)} pruned Conv layer(s) have channel counts that are not multiples of {block} "
                  f"(e.g. {odd[0]['name']!r}: {odd[0]['channels_before']} -> {odd[0]['channels_after']}); ONNX Runtime's "
                  f"blocked conv kernels on this CPU work in blocks of {block}, so latency may not fall with the MACs")
-
-
-def _sig(v: float) -> float:
-    return float(f"{float(v):.6g}")
 
 
 def _blocked_summary(groups: list[Group]) -> list[dict]:

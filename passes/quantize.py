@@ -47,6 +47,11 @@ def quantizable_layers(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if n.op in WEIGHTED and Quantize._weight_axis(n) is not None]
 
 
+def _int_bias_form(n: gs.Node) -> bool:
+    """Whether the node's bias can be an int32 DequantizeLinear (scale s_x·s_w): not a Gemm with alpha or beta."""
+    return n.op != "Gemm" or (float(n.attrs.get("alpha", 1.0)) == 1.0 and float(n.attrs.get("beta", 1.0)) == 1.0)
+
+
 def _is_edge(n: gs.Node, weighted: list[gs.Node]) -> bool:
     return n is weighted[0] or n is weighted[-1]
 
@@ -262,9 +267,7 @@ class Quantize(Pass):
     @staticmethod
     def _ensure_bias(n: gs.Node) -> None:
         """A zero bias on a Conv / plain Gemm that has none, so that bias correction has one to move."""
-        if n.op == "MatMul" or ir.input_at(n, 2) is not None:
-            return
-        if n.op == "Gemm" and (float(n.attrs.get("alpha", 1.0)) != 1.0 or float(n.attrs.get("beta", 1.0)) != 1.0):
+        if n.op == "MatMul" or ir.input_at(n, 2) is not None or not _int_bias_form(n):
             return
         w = ir.const_value(n.inputs[1])
         n.inputs.append(ir.make_const(n.name + "_bias0", np.zeros(w.shape[Quantize._weight_axis(n)], np.float32)))
@@ -287,8 +290,7 @@ class Quantize(Pass):
             xm, xq = x_mean.reshape(groups, cg), xq_mean.reshape(groups, cg)
             g_of = np.arange(o) // (o // groups)
             return (ksum * xm[g_of]).sum(1) - (ksum_hat * xq[g_of]).sum(1)
-        rows = w if n.op == "Gemm" and int(n.attrs.get("transB", 0)) else w.T
-        rows_hat = w_hat if n.op == "Gemm" and int(n.attrs.get("transB", 0)) else w_hat.T
+        rows, rows_hat = ir.weight_rows(n, w), ir.weight_rows(n, w_hat)
         if rows.shape[1] != x_mean.size:
             return None
         return rows @ x_mean - rows_hat @ xq_mean
@@ -327,9 +329,8 @@ class Quantize(Pass):
         bias_int = False
         b_in = ir.input_at(n, 2)
         b = ir.const_value(b_in) if b_in is not None else None
-        plain_gemm = n.op != "Gemm" or (float(n.attrs.get("alpha", 1.0)) == 1.0 and float(n.attrs.get("beta", 1.0)) == 1.0)
         shift = None
-        if b is not None and b.size == s.size and plain_gemm:
+        if b is not None and b.size == s.size and _int_bias_form(n):
             shift = self._bias_shift(n, w, w_hat, *x_means) if x_means is not None else None
             if shift is not None:
                 b = (b.astype(np.float64).ravel() + shift).astype(np.float32)
