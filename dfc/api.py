@@ -209,7 +209,7 @@ def calibration_set(model_or_path, **options) -> tuple[np.ndarray, dict]:
         from dfc import ir
 
         _, shape = calibration.input_spec(ir.import_graph(original))
-        x, info = calibration.gaussian_samples(shape, int(o["calib_samples"]), ctx.rng(salt=1), ctx.input_range()), {}
+        x, info = calibration.gaussian_samples(shape, int(o["calib_samples"]), ctx.rng(salt=1), ctx.sample_range()), {}
     else:
         PassManager([get_pass("cleanup"), get_pass("fold-bn"), _synthesize_pass(o, method)], debug=o["debug"]).run(original, ctx)
         x, info = ctx.calibration, dict(ctx.results["synthesize"])
@@ -270,7 +270,7 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
         ctx.note(f"no fidelity/latency measurement: {e}")
         return {"notes": list(ctx.notes)}
     n = int(o["probe_samples"])
-    x = calibration.gaussian_samples(shape, n, ctx.rng(salt=2), ctx.input_range())
+    x = calibration.gaussian_samples(shape, n, ctx.rng(salt=2), ctx.sample_range())
     fid = fidelity(logits_of(original, x), logits_of(optimized, x))
     out: dict = {"fidelity": {"probe": "gaussian", "samples": n, **fid}}
     if o["latency_rounds"] > 0:

@@ -78,6 +78,20 @@ class Context:
             return None
         return (0.0 - self.input_mean) / self.input_std, (1.0 - self.input_mean) / self.input_std
 
+    def sample_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """The box synthetic inputs (BNS, Gaussian, probes) are clamped to: `input_range` when the normalisation is
+        known, else ±ASSUMED_INPUT_SIGMAS: the data-free methods assume a standardised input, N(0, 1) per channel,
+        and real data rarely lies beyond 3σ (normalised pixels lie in [-2.1, 2.7]), while BNS samples left free grow
+        tails to ±6 that widen the input's quantization range (ResNet-20 W8A8: 97.90 % agreement unclamped, 98.62 %
+        with the samples clamped to ±3, 98.68 % with the true pixel range)."""
+        known = self.input_range()
+        if known is not None:
+            return known
+        return np.full(1, -ASSUMED_INPUT_SIGMAS, np.float32), np.full(1, ASSUMED_INPUT_SIGMAS, np.float32)
+
+
+ASSUMED_INPUT_SIGMAS = 3.0  # half-width of the input box assumed when the normalisation is unknown
+
 
 class Pass:
     """Base class: subclasses set `name` and implement `run`."""

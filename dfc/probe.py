@@ -35,7 +35,7 @@ def inputs(graph: gs.Graph, ctx: Context, n: int, salt: int, purpose: str) -> np
     except DfcError as e:
         ctx.note(f"{purpose} skipped: no synthetic probe inputs for this model ({e})")
         return None
-    return calibration.gaussian_samples(shape, n, ctx.rng(salt=salt), ctx.input_range())
+    return calibration.gaussian_samples(shape, n, ctx.rng(salt=salt), ctx.sample_range())
 
 
 def source(ctx: Context) -> str:

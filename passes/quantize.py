@@ -210,7 +210,7 @@ class Quantize(Pass):
         n = int(o["calib_samples"])
         if n < 1:
             raise DfcError(f"--calib-samples must be >= 1, got {n}")
-        return calibration.gaussian_samples(shape, n, ctx.rng(salt=1), ctx.input_range())
+        return calibration.gaussian_samples(shape, n, ctx.rng(salt=1), ctx.sample_range())
 
     @staticmethod
     def _weight_axis(n: gs.Node) -> int | None:

@@ -85,6 +85,21 @@ def test_pipeline_calibrates_on_bns_by_default_and_reports_it():
     assert syn["samples"] == 16 and syn["final_j_kl"] > 0 and syn["samples_per_second"] > 0
 
 
+def test_without_normalisation_samples_are_clamped_to_the_assumed_box(tmp_path):
+    # free BNS samples grow tails far beyond the data's (±6 on ResNet-20) and widen the input's quantization range
+    from dfc.api import calibration_set
+    from dfc.pipeline import ASSUMED_INPUT_SIGMAS
+
+    folded, ctx = _folded(conv_bn_relu_cnn())
+    free = Inverter(folded, ctx.bn_stats, None, InverterConfig(**FAST)).generate(progress=False)
+    assert np.abs(free).max() > ASSUMED_INPUT_SIGMAS  # the clamp has something to do on this model
+    for calib in ("bns", "gaussian"):
+        x, _ = calibration_set(conv_bn_relu_cnn(), calib=calib, calib_samples=16, inverter_steps=15)
+        assert np.abs(x).max() <= ASSUMED_INPUT_SIGMAS + 1e-6 and np.abs(x).max() > 0.9 * ASSUMED_INPUT_SIGMAS
+    _, rep = optimize_with_report(conv_bn_relu_cnn(), measure=False, calib_samples=16, inverter_steps=15)
+    assert any("samples are clamped to ±3" in n for n in rep["notes"])
+
+
 def test_save_calib_then_calib_data_reproduces_the_model(tmp_path):
     src = tmp_path / "m.onnx"
     import onnx
