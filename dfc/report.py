@@ -87,7 +87,8 @@ def _compensation_lines(passes: dict) -> list[str]:
         before = sum(r["predicted_error_before"] for r in rq["layers"])
         after = sum(r["predicted_error_after"] for r in rq["layers"])
         out.append(f"udfc: quantized channels rescaled in {rq['layers_compensated']} layers (alpha_q {rq['alpha_q']}); "
-                   f"weights-loss error {before:.4g} -> {after:.4g}")
+                   f"weights-loss error {before:.4g} -> {after:.4g} "
+                   f"({100 * (after - before) / before if before else 0.0:+.2g} %)")
     return out
 
 

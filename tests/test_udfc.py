@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import calibrate_bn, cnn_nodes, make_model, rand, run
@@ -11,6 +13,7 @@ from scipy.optimize import minimize_scalar
 
 from dfc import udfc
 from dfc.api import optimize_with_report
+from dfc.report import _compensation_lines
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -163,4 +166,6 @@ def test_requant_reduces_the_quantization_error_of_the_next_layer():
         errs[comp] = float(np.mean((run(out, x) - ref) ** 2))
         if comp == "udfc":
             assert rep["passes"]["udfc-requant"]["layers_compensated"] >= 1
+            line = next(s for s in _compensation_lines(rep["passes"]) if "quantized channels rescaled" in s)
+            assert re.search(r"\(-\d[\d.e-]* %\)$", line), line  # the relative change of the predicted error, a decrease
     assert errs["udfc"] < errs["none"]
