@@ -45,6 +45,9 @@ def _load_builtin_passes() -> None:
     import dfc.passes  # noqa: F401  (registers the built-in passes)
 
 
+ASSUMED_INPUT_SIGMAS = 3.0  # half-width of the input box assumed when the normalisation is unknown
+
+
 @dataclass
 class Context:
     """What passes share: BN statistics, seed, logger, input normalisation, per-pass results."""
@@ -87,10 +90,10 @@ class Context:
         known = self.input_range()
         if known is not None:
             return known
+        self.note(f"input normalisation unknown (no --input-mean/--input-std): the input is assumed normalised to "
+                  f"N(0, 1) per channel and synthetic samples are clamped to ±{ASSUMED_INPUT_SIGMAS:g} (calibration, "
+                  "probes, prune's interval bounds); give the normalisation for the exact pixel range")
         return np.full(1, -ASSUMED_INPUT_SIGMAS, np.float32), np.full(1, ASSUMED_INPUT_SIGMAS, np.float32)
-
-
-ASSUMED_INPUT_SIGMAS = 3.0  # half-width of the input box assumed when the normalisation is unknown
 
 
 class Pass:

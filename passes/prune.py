@@ -39,7 +39,7 @@ from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyM
 from dfc.compensation import family_name, path_problem, removal_errors, round_sig
 from dfc.errors import DfcError
 from dfc.intervals import activation_bounds
-from dfc.pipeline import ASSUMED_INPUT_SIGMAS, Context, Pass, register
+from dfc.pipeline import Context, Pass, register
 from dfc.progress import progress_bar
 from dfc.runtime import nchwc_block
 from dfc.surgery import is_dead, remove_groups
@@ -282,10 +282,7 @@ def _input_bounds(graph: gs.Graph, ctx: Context) -> dict | None:
     x = graph.inputs[0]
     if x.shape is None or len(x.shape) != 2:
         return None
-    if ctx.input_range() is None:
-        ctx.note(f"prune: input range unknown (no --input-mean/--input-std); interval bounds assume inputs in "
-                 f"[-{ASSUMED_INPUT_SIGMAS:g}, {ASSUMED_INPUT_SIGMAS:g}]")
-    lo, hi = ctx.sample_range()
+    lo, hi = ctx.sample_range()  # notes the assumed box when the normalisation is unknown
     if not isinstance(x.shape[1], (int, np.integer)) or np.size(lo) not in (1, x.shape[1]):
         return None
     return activation_bounds(graph, np.broadcast_to(lo, (x.shape[1],)), np.broadcast_to(hi, (x.shape[1],)))

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from dfc import ir
 from dfc.errors import DfcError
 from dfc.inverter import Inverter, InverterConfig, pick_device
-from dfc.pipeline import ASSUMED_INPUT_SIGMAS, Context, Pass, register
+from dfc.pipeline import Context, Pass, register
 
 
 @register
@@ -29,10 +29,6 @@ class Synthesize(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         cfg = InverterConfig(**{f.name: self.options[f.name] for f in fields(InverterConfig)})
-        if ctx.input_range() is None:
-            ctx.note(f"synthesize: input normalisation unknown (no --input-mean/--input-std); the input is assumed "
-                     f"normalised to N(0, 1) per channel and samples are clamped to ±{ASSUMED_INPUT_SIGMAS:g} "
-                     "(give the normalisation for the exact pixel range)")
         t0 = time.perf_counter()
         try:  # an op the torch executor lacks shows at construction or in the first forward pass
             inv = Inverter(ir.export_model(graph), ctx.bn_stats, ctx.sample_range(), cfg)
