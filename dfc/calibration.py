@@ -72,7 +72,7 @@ def collect_ranges(
 
     if calibrator not in CALIBRATORS:
         raise DfcError(f"unknown calibrator {calibrator!r}; choose from {', '.join(CALIBRATORS)}")
-    sess = _exposing_session(model, names)
+    sess = exposing_session(model, names)
     lo = {n: [] for n in names}
     hi = {n: [] for n in names}
     kept = {n: [] for n in names}
@@ -104,7 +104,7 @@ def collect_ranges(
     return {n: (float(np.mean(lo[n])), float(np.mean(hi[n]))) for n in names}
 
 
-def _exposing_session(model: onnx.ModelProto, names: list[str]):
+def exposing_session(model: onnx.ModelProto, names: list[str]):
     """An unoptimised ORT session of `model` with the tensors `names` added to its outputs."""
     from dfc.runtime import make_session
 
@@ -126,7 +126,7 @@ def channel_means(model: onnx.ModelProto, params: dict, x: np.ndarray, batch: in
     from dfc.runtime import fixed_batch, run_batched
 
     names = list(params)
-    sess = _exposing_session(model, names)
+    sess = exposing_session(model, names)
     batch = fixed_batch(sess) or batch
     sums: dict[str, list] = {n: [0.0, 0.0, 0] for n in names}
     for s in progress_bar(range(0, len(x), batch), desc=progress, total=-(-len(x) // batch)):

@@ -80,7 +80,7 @@ def with_float_weights(model: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.Mo
 def with_per_channel_activations(model: onnx.ModelProto, fp32: onnx.ModelProto, x: np.ndarray) -> onnx.ModelProto:
     """A copy whose activation quantizers are per channel (axis 1), each channel's range the MSE range of its
     values in `fp32` on `x` (lower end 0 where the per-tensor zero point is 0)."""
-    from dfc.calibration import _exposing_session, mse_range
+    from dfc.calibration import exposing_session, mse_range
     from dfc.quant_math import act_qparams
     from dfc.runtime import run_batched
 
@@ -88,7 +88,7 @@ def with_per_channel_activations(model: onnx.ModelProto, fp32: onnx.ModelProto, 
     out.CopyFrom(model)
     qs = activation_quantizers(out)
     names = [q.input[0] for q in qs]
-    values = run_batched(_exposing_session(fp32, names), x, 64, outputs=names)
+    values = run_batched(exposing_session(fp32, names), x, 64, outputs=names)
     consts = {i.name: i for i in out.graph.initializer}
     rng = np.random.default_rng(0)
     for q, v in zip(qs, values):
