@@ -151,6 +151,22 @@ def is_zero_pad(n: gs.Node) -> bool:
     return v is None or not np.any(v)
 
 
+def clip_bounds(n: gs.Node) -> tuple[float, float] | None:
+    """(min, max) of a Clip node (inputs from opset 11, attributes before; ±inf when absent), None when a bound
+    is not a constant."""
+    out = []
+    for i, attr, default in ((1, "min", -np.inf), (2, "max", np.inf)):
+        t = input_at(n, i)
+        if t is not None:
+            v = const_value(t)
+            if v is None:
+                return None
+            out.append(float(np.ravel(v)[0]))
+        else:
+            out.append(float(n.attrs.get(attr, default)))
+    return out[0], out[1]
+
+
 def bypass_node(graph: gs.Graph, node: gs.Node) -> None:
     """Remove a one-in/one-out node, rewiring so that its producer writes the node's output tensor.
 

@@ -70,7 +70,13 @@ def _macs(n: gs.Node, w: np.ndarray) -> int:
 
 
 def layer_stats(model: onnx.ModelProto) -> list[LayerStats]:
-    graph = ir.infer_shapes(ir.import_graph(model))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # importing and folding touch the proto's value_info: `model` stays as it is
+    graph = ir.import_graph(copy)
+    # exporter shape arithmetic (e.g. the Pad sizes of TF "same" padding) folded so that shape inference gets
+    # through it; quantized weights stay behind their DequantizeLinear
+    graph.fold_constants(fold_shapes=True, error_ok=True, should_exclude_node=lambda n: n.op == "DequantizeLinear")
+    graph = ir.infer_shapes(ir.tidy(graph))
     rows = []
     for n in graph.nodes:
         if n.op not in ("Conv", "Gemm", "MatMul"):

@@ -5,18 +5,16 @@ Exact. Steps:
    Reshape/Transpose chains feeding Pad/Reshape, Constant nodes) into initializers, evaluated by
    onnx-graphsurgeon's `fold_constants` (ORT underneath) - a well-kept implementation of exactly
    this, rather than a hand-written evaluator;
-2. Identity and inference-mode Dropout nodes bypassed;
-3. every unnamed node gets a unique name (`<Op>_<k>`), so errors and reports can name it;
-4. ReduceMean over all spatial axes of a 4-D tensor rewritten as GlobalAveragePool (+ Flatten when
-   keepdims=0), the form ONNX Runtime's quantized kernels recognise.
+2. every unnamed node gets a unique name (`<Op>_<k>`), so errors and reports can name it;
+3. the exporter idioms of `dfc.rewrite.RULES` rewritten (Identity/Dropout bypassed, ReduceMean -> GlobalAveragePool,
+   zero Pad folded into the Conv that reads it, the dynamic-batch flatten's shape arithmetic -> a constant shape).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfc import ir
+from dfc import ir, rewrite
 from dfc.pipeline import Context, Pass, register
 
 
@@ -33,15 +31,14 @@ class Cleanup(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True)
         ir.tidy(graph)
         named = self._name_nodes(graph)
-        removed = self._bypass_noops(graph)
-        pools = self._reduce_mean_to_gap(graph)
+        rewrites = rewrite.apply_rules(graph, rewrite.RULES)
+        graph.fold_constants(fold_shapes=True, error_ok=True)
         ir.tidy(graph)
         ctx.results["cleanup"] = {
             "nodes_before": before,
             "nodes_after": len(graph.nodes),
-            "noops_removed": removed,
             "nodes_named": named,
-            "reducemean_to_gap": pools,
+            "rewrites": rewrites,
         }
         return graph
 
@@ -57,43 +54,4 @@ class Cleanup(Pass):
                 n.name = f"{n.op}_{k}"
                 taken.add(n.name)
                 count += 1
-        return count
-
-    @staticmethod
-    def _bypass_noops(graph: gs.Graph) -> int:
-        count = 0
-        for node in list(graph.nodes):
-            if node.op == "Identity" or (node.op == "Dropout" and len([o for o in node.outputs if o.outputs or ir.is_graph_output(graph, o)]) <= 1):
-                if node.op == "Dropout":
-                    del node.outputs[1:]
-                if ir.is_graph_output(graph, node.inputs[0]) and ir.is_graph_output(graph, node.outputs[0]):
-                    continue
-                ir.bypass_node(graph, node)
-                count += 1
-        return count
-
-    @staticmethod
-    def _reduce_mean_to_gap(graph: gs.Graph) -> int:
-        count = 0
-        for node in list(graph.nodes):
-            if node.op != "ReduceMean" or ir.rank_of(node.inputs[0]) != 4:
-                continue
-            axes = node.attrs.get("axes")
-            if axes is None and ir.input_at(node, 1) is not None:
-                axes = ir.const_value(node.inputs[1])
-                if axes is None:
-                    continue
-            if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
-                continue
-            keep = int(node.attrs.get("keepdims", 1))
-            x, y = node.inputs[0], node.outputs[0]
-            node.inputs.clear()
-            node.outputs.clear()
-            if keep:
-                graph.nodes.append(gs.Node("GlobalAveragePool", name=node.name, inputs=[x], outputs=[y]))
-            else:
-                pooled = gs.Variable(ir.unique_name(graph, y.name + "_gap"), dtype=y.dtype)
-                graph.nodes.append(gs.Node("GlobalAveragePool", name=node.name, inputs=[x], outputs=[pooled]))
-                graph.nodes.append(gs.Node("Flatten", name=node.name + "_flatten", attrs={"axis": 1}, inputs=[pooled], outputs=[y]))
-            count += 1
         return count

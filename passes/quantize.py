@@ -7,8 +7,8 @@ QLinearGlobalAveragePool on x86):
 - activations: uint8 asymmetric per tensor, one QuantizeLinear → DequantizeLinear pair per tensor,
   shared by all its consumers; on the inputs of Conv/Gemm/MatMul/Add/pooling and the outputs of
   those ops (graph outputs stay float);
-- a Relu right after a Conv/Gemm/MatMul/Add is absorbed into the output quantizer: its range
-  starts at 0, so the zero point is 0 and QuantizeLinear's saturation is the Relu;
+- a Relu or a Clip(0, hi) (ReLU6) right after a Conv/Gemm/MatMul/Add is absorbed into the output quantizer:
+  its range starts at 0 and ends at or below hi, so QuantizeLinear's saturation is the activation;
 - reshaping ops (Flatten, Reshape, ...), MaxPool, Slice and zero Pad (the option-A shortcut of the CIFAR
   ResNets) reuse their input's parameters: no second rounding or clipping of values already on the grid,
   and ORT can drop the Q/DQ pair around them.
@@ -21,6 +21,7 @@ The first and last weighted layers (weights and input activations) use `first_la
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -104,7 +105,7 @@ class Quantize(Pass):
         layer_bits = {id(n): plan[n.name] for n in weighted}
         layer_abits = {id(n): (o["first_last_bits"] if _is_edge(n, weighted) else o["abits"]) for n in weighted}
 
-        fused = self._fusable_relus(graph, weighted)
+        fused = self._fusable_activations(graph, weighted)
         act_bits: dict[str, int] = {}
 
         def want(t: gs.Tensor, bits: int) -> None:
@@ -116,7 +117,7 @@ class Quantize(Pass):
         def out_of(n: gs.Node) -> gs.Tensor:
             t = n.outputs[0]
             r = fused.get(t.name)
-            return r.outputs[0] if r is not None else t
+            return r[0].outputs[0] if r is not None else t
 
         for n in weighted:
             want(n.inputs[0], layer_abits[id(n)])
@@ -137,8 +138,10 @@ class Quantize(Pass):
         model = gs.export_onnx(graph)
         ranges = calibration.collect_ranges(model, calibrated, x, o["calibrator"], o["percentile"], bits=act_bits)
         params: dict[str, qm.ActQParams] = {}
+        upper = {r.outputs[0].name: hi for r, hi in fused.values()}
         for t in calibrated:
-            params[t] = qm.act_qparams(*ranges[t], act_bits[t])
+            lo, hi = ranges[t]
+            params[t] = qm.act_qparams(lo, min(hi, upper.get(t, hi)), act_bits[t])
         for t, src in shared.items():
             params[t] = params[src]
 
@@ -150,7 +153,7 @@ class Quantize(Pass):
                 self._ensure_bias(n)
             x_names = {input_of[id(n)] for n in weighted if input_of[id(n)] in params}
             means = calibration.channel_means(model, {t: params[t] for t in x_names}, x, progress="bias correction")
-        for r in fused.values():
+        for r, _ in fused.values():
             ir.bypass_node(graph, r)
         tensors = graph.tensors()
         for t in act_bits:
@@ -180,7 +183,7 @@ class Quantize(Pass):
             "calibrator": o["calibrator"],
             "ort_accelerated": accelerated,
             "activation_tensors": len(act_bits),
-            "relus_absorbed": len(fused),
+            "activations_absorbed": dict(sorted(Counter(r.op for r, _ in fused.values()).items())),
             "bias_correction": bool(means),
             "layers": layers,
             "left_in_float": skipped,
@@ -227,11 +230,17 @@ class Quantize(Pass):
         return 1 if w.ndim == 2 else None  # MatMul [in, out]
 
     @staticmethod
-    def _fusable_relus(graph: gs.Graph, weighted: list[gs.Node]) -> dict[str, gs.Node]:
-        """producer-output name -> Relu that can be absorbed into that output's quantizer."""
+    def _fusable_activations(graph: gs.Graph, weighted: list[gs.Node]) -> dict[str, tuple[gs.Node, float]]:
+        """producer-output name -> (activation, upper bound) for the Relu and Clip(0, hi) nodes (ReLU6) that the
+        producer's output quantizer can absorb: calibrated on the activation's output, its range starts at 0, so the
+        zero point is 0 and QuantizeLinear's saturation at 0 is the lower clip; the upper end of the range is capped
+        at hi (inf for Relu), so the saturation at the top is at or below the upper clip."""
         quantized = {id(n) for n in weighted}
         fused = {}
-        for r in ir.nodes_by_op(graph, "Relu"):
+        for r in ir.nodes_by_op(graph, "Relu", "Clip"):
+            bounds = (0.0, float("inf")) if r.op == "Relu" else ir.clip_bounds(r)
+            if bounds is None or bounds[0] != 0.0 or not bounds[1] > 0.0:
+                continue
             x = r.inputs[0]
             p = ir.producer(x)
             if p is None or p.op not in FUSABLE_ACTIVATION_PRODUCERS or ir.is_graph_output(graph, r.outputs[0]):
@@ -241,7 +250,7 @@ class Quantize(Pass):
             if p.op == "Add" and not all(isinstance(t, gs.Variable) for t in p.inputs):
                 continue
             if ir.single_consumer(x, graph) is r:
-                fused[x.name] = r
+                fused[x.name] = (r, bounds[1])
         return fused
 
     @staticmethod

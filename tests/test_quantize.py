@@ -28,7 +28,7 @@ def test_w8a8_graph_form_is_fused_by_ort(tmp_path):
     q, ctx = _quantize(conv_bn_relu_cnn())
     ops = collections.Counter(n.op_type for n in q.graph.node)
     assert ops["Relu"] == 0  # both Relus absorbed into output quantizers
-    assert ctx.results["quantize"]["relus_absorbed"] == 2
+    assert ctx.results["quantize"]["activations_absorbed"] == {"Relu": 2}
     fused = _ort_fused_ops(q, tmp_path)
     assert fused["QLinearConv"] == 2 and fused["QLinearAdd"] == 1 and fused["QGemm"] == 1
     assert fused["Conv"] == 0
