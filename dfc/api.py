@@ -37,13 +37,15 @@ DEFAULTS: dict[str, Any] = {
     "first_last_bits": 8,
     "no_quant": False,
     "calib": None,  # None = best available data-free calibration
-    "calib_samples": 256,
+    "calib_samples": None,  # None: 256 Gaussian samples, or as many as the inverter's work budget allows
     "calib_data": None,
     "calibrator": "mse",
     "bias_correction": True,  # correct each quantized layer's mean output shift (on the calibration samples)
     "save_calib": None,  # path: keep the calibration samples (.npz, key `x`)
-    "inverter_steps": 200,
-    "inverter_batch": 256,
+    "inverter_steps": None,  # None: from the inverter's work budget (dfc.inverter.Inverter.plan), at most 200
+    "inverter_batch": None,  # None: all samples in one batch
+    "inverter_size": None,  # side of the first synthesis phase; None: from the model's cost
+    "inverter_refine_steps": 0,  # steps at full size after a smaller synthesis size
     "inverter_lr": 0.1,
     "inverter_copies": 1,
     "device": None,  # inverter device; None: cuda when available
@@ -56,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "latency_rounds": 10,
     "threads": 2,
 }
+
+
+GAUSSIAN_SAMPLES = 256
 
 
 def resolve_options(options: dict) -> dict:
@@ -86,9 +91,11 @@ def resolve_options(options: dict) -> dict:
         raise DfcError(f"--calibrator must be one of {', '.join(calibration.CALIBRATORS)}, got {o['calibrator']!r}")
     if not isinstance(o["prune_step"], (int, float)) or not 0.0 < float(o["prune_step"]) <= 1.0:
         raise DfcError(f"--prune-step must be in (0, 1], got {o['prune_step']!r}")
-    for key in ("inverter_steps", "inverter_batch", "inverter_copies", "calib_samples"):
-        if not isinstance(o[key], (int, np.integer)) or int(o[key]) < 1:
+    for key in ("inverter_steps", "inverter_batch", "inverter_copies", "calib_samples", "inverter_size"):
+        if o[key] is not None and (not isinstance(o[key], (int, np.integer)) or int(o[key]) < 1):
             raise DfcError(f"--{key.replace('_', '-')} must be an integer >= 1, got {o[key]!r}")
+    if not isinstance(o["inverter_refine_steps"], (int, np.integer)) or int(o["inverter_refine_steps"]) < 0:
+        raise DfcError(f"--inverter-refine-steps must be an integer >= 0, got {o['inverter_refine_steps']!r}")
     if not isinstance(o["inverter_lr"], (int, float)) or not 0 < float(o["inverter_lr"]) < float("inf"):
         raise DfcError(f"--inverter-lr must be a positive number, got {o['inverter_lr']!r}")
     if o["device"] is not None:
@@ -105,8 +112,9 @@ def resolve_options(options: dict) -> dict:
 
 
 def _synthesize_pass(o: dict, method: str, fallback: bool = False):
-    return get_pass("synthesize", method=method, samples=int(o["calib_samples"]), steps=int(o["inverter_steps"]),
-                    batch=int(o["inverter_batch"]), lr=float(o["inverter_lr"]), copies=int(o["inverter_copies"]),
+    return get_pass("synthesize", method=method, samples=o["calib_samples"], steps=o["inverter_steps"],
+                    batch=o["inverter_batch"], size=o["inverter_size"], refine_steps=int(o["inverter_refine_steps"]),
+                    lr=float(o["inverter_lr"]), copies=int(o["inverter_copies"]),
                     seed=int(o["seed"]), device=o["device"], fallback=fallback)
 
 
@@ -133,7 +141,7 @@ def build_passes(o: dict, ctx: Context) -> list:
         passes.append(
             get_pass(
                 "quantize", wbits=o["wbits"], abits=o["abits"], first_last_bits=o["first_last_bits"],
-                calib=calib, calib_samples=o["calib_samples"], calib_data=o["calib_data"], calibrator=o["calibrator"],
+                calib=calib, calib_samples=o["calib_samples"] or GAUSSIAN_SAMPLES, calib_data=o["calib_data"], calibrator=o["calibrator"],
                 bias_correction=bool(o["bias_correction"]),
             )
         )
@@ -147,6 +155,7 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     o = resolve_options(options)
     original = as_model(model_or_path)
     ctx = _context(original, o)
+    _check_save_calib(o, ctx)
     work = _prepared(original, o, ctx)
     optimized = PassManager(build_passes(o, ctx), debug=o["debug"]).run(work, ctx)
     check_model(optimized, what="the optimized model")
@@ -209,11 +218,29 @@ def calibration_set(model_or_path, **options) -> tuple[np.ndarray, dict]:
         from dfc import ir
 
         _, shape = calibration.input_spec(ir.import_graph(original))
-        x, info = calibration.gaussian_samples(shape, int(o["calib_samples"]), ctx.rng(salt=1), ctx.sample_range()), {}
+        x, info = calibration.gaussian_samples(shape, int(o["calib_samples"] or GAUSSIAN_SAMPLES), ctx.rng(salt=1),
+                                               ctx.sample_range()), {}
     else:
         PassManager([get_pass("cleanup"), get_pass("fold-bn"), _synthesize_pass(o, method)], debug=o["debug"]).run(original, ctx)
         x, info = ctx.calibration, dict(ctx.results["synthesize"])
     return x, {**info, "method": method, "seconds": time.perf_counter() - t0}
+
+
+def _check_save_calib(o: dict, ctx: Context) -> None:
+    """--save-calib refused before any work when this run will synthesize nothing, or cannot write there."""
+    import os
+
+    path = o["save_calib"]
+    if not path:
+        return
+    method = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
+    if o["no_quant"] or o["calib_data"] is not None or method == "gaussian":
+        why = "--no-quant" if o["no_quant"] else "--calib-data" if o["calib_data"] is not None else (
+            "--calib gaussian" if o["calib"] else "the model has no BatchNorm statistics, so calibration uses Gaussian noise")
+        raise DfcError(f"--save-calib {path}: this run synthesizes no calibration samples ({why})")
+    folder = os.path.dirname(os.path.abspath(str(path)))
+    if not os.path.isdir(folder):
+        raise DfcError(f"--save-calib {path}: folder {folder} does not exist")
 
 
 def save_calibration(path, ctx: Context) -> None:
@@ -249,7 +276,7 @@ def optimize(model_or_path, **options) -> onnx.ModelProto:
     prune_step=0.05, prune_global=False,
     compensate='udfc', udfc_partners='nnls', udfc_loss='bn', udfc_check=True, alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
     first_last_bits=8, no_quant=False, calib=None (best
-    available), calib_samples=256, calibrator='mse', seed=0, input_mean/input_std=None."""
+    available), calib_samples=None (256 Gaussian; BNS: the inverter's work budget), calibrator='mse', seed=0, input_mean/input_std=None."""
     return optimize_with_report(model_or_path, **{"measure": False, **options})[0]
 
 

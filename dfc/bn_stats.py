@@ -33,8 +33,11 @@ class BNStats:
         return int(self.mean.shape[0])
 
     def output_mean_std(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std of the BN *output* per channel: N(β, γ²) if x ~ N(μ, σ²)."""
-        return self.beta.astype(np.float64), np.abs(self.gamma.astype(np.float64))
+        """Mean and std of the BN *output* per channel when its input has the running statistics: x ~ N(μ, σ²) gives
+        y ~ N(β, γ²·σ²/(σ² + ε)). The ε term matters where σ² is not ≫ ε: a channel that was (nearly) constant in
+        training (σ² ≈ 0, common in TF-trained mobile models with ε = 1e-3) has an output std of ≈ 0, not |γ|."""
+        var = self.var.astype(np.float64)
+        return self.beta.astype(np.float64), np.abs(self.gamma.astype(np.float64)) * np.sqrt(var / (var + self.eps))
 
     def select(self, keep: np.ndarray) -> "BNStats":
         """The statistics of the kept channels only (for channel surgery)."""

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-quant", action="store_true", help="no quantization (float output)")
     o.add_argument("--calib", choices=["bns", "gaussian", "inception", "bns+inception"],
                    help="synthetic calibration data (default: best available)")
-    o.add_argument("--calib-samples", type=int, help="number of calibration samples (default 256)")
+    o.add_argument("--calib-samples", type=int, help="number of calibration samples (default: 256 Gaussian; BNS: as many "
+                                                      "as the inverter's work budget allows, 256 at most)")
     o.add_argument("--no-bias-correction", action="store_true",
                    help="no bias correction (by default each quantized layer's bias cancels the mean output shift its "
                         "weight and input quantization cause, measured on the calibration samples)")
@@ -77,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--calib-data", help="calibrate on these inputs instead: .npz with `x` (float, as --save-calib "
                                         "writes) or `images` (uint8 NHWC, with --input-mean/--input-std)")
     o.add_argument("--save-calib", help="save the synthesized calibration samples to this .npz (key `x`)")
-    o.add_argument("--inverter-steps", type=int, help="BNS inverter: Adam steps per batch (default 200)")
-    o.add_argument("--inverter-batch", type=int, help="BNS inverter: samples optimised together (default 256)")
+    o.add_argument("--inverter-steps", type=int, help="BNS inverter: Adam steps per batch (default: from the work "
+                                                       "budget, 100-200)")
+    o.add_argument("--inverter-batch", type=int, help="BNS inverter: samples optimised together (default: all)")
+    o.add_argument("--inverter-size", type=int, help="BNS inverter: synthesize at this image side, then upsample "
+                                                      "(default: smaller only for inputs costing > 130 M MACs)")
+    o.add_argument("--inverter-refine-steps", type=int,
+                   help="BNS inverter: steps at full size after a smaller synthesis size (default 0)")
     o.add_argument("--inverter-lr", type=float, help="BNS inverter: Adam learning rate (default 0.1)")
     o.add_argument("--inverter-copies", type=int, help="BNS inverter: augmented copies per sample and step (default 1)")
     o.add_argument("--device", help="BNS inverter device, e.g. cpu or cuda (default: cuda when available)")
@@ -179,6 +185,7 @@ def cmd_optimize(args) -> int:
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, bias_correction=False if args.no_bias_correction else None, seed=args.seed,
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,
         inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
+        inverter_size=args.inverter_size, inverter_refine_steps=args.inverter_refine_steps,
         device=args.device, input_mean=mean, input_std=std,
         debug=args.debug, measure=not args.no_measure,
     )

@@ -15,6 +15,8 @@ reported.
 
 from __future__ import annotations
 
+import re
+
 from collections import defaultdict
 
 import numpy as np
@@ -61,6 +63,24 @@ def path_problem(g: Group, analysis: ChannelAnalysis) -> str | None:
     return None
 
 
+def skipped_notes(skipped: dict[str, int], what: str) -> list[str]:
+    """One line per kind of reason (the reason with its node names taken out), with the number of channel groups and
+    places: `{prefix}: N {what} in K place(s) not compensated: Clip node does not commute with rescaling (e.g. 'a',
+    'b', ...)`."""
+    kinds: dict[str, list] = {}
+    for reason, n in skipped.items():
+        names = re.findall(r"node '([^']*)'", reason)
+        kind = re.sub(r" '[^']*'", "", reason)
+        entry = kinds.setdefault(kind, [0, []])
+        entry[0] += n
+        entry[1] += names or [reason]
+    lines = []
+    for kind, (n, names) in kinds.items():
+        shown = ", ".join(repr(x) for x in names[:3]) + (", ..." if len(names) > 3 else "")
+        lines.append(f"{n} {what} in {len(names)} place(s) not compensated: {kind} (e.g. {shown})")
+    return lines
+
+
 def _in_ops(n: gs.Node, ops: set[str]) -> bool:
     if n.op in ops:
         return True
@@ -81,6 +101,7 @@ class WeightEditor:
 
     def __init__(self) -> None:
         self.edited: dict[int, tuple[gs.Node, np.ndarray]] = {}
+        self.biases: dict[int, tuple[gs.Node, np.ndarray]] = {}
 
     def current(self, node: gs.Node) -> np.ndarray:
         """The node's weight as edited so far (read only; reading does not mark it edited)."""
@@ -126,11 +147,39 @@ class WeightEditor:
             else:
                 w[feats] *= scale
 
+    def add_mean(self, g: Group, mean: float) -> bool:
+        """Every consumer of `g` gets the group's mean activation in its bias, b2 += W2[:, g]·E[a] (kernel taps summed
+        for a Conv; zero padding at the borders neglected): removing the channel then leaves its variance, not its
+        mean. False (nothing edited) when a consumer has no bias to take it (MatMul)."""
+        if any(node.op == "MatMul" for node, _, _ in g.sinks):
+            return False
+        for node, _, feats in g.sinks:
+            w = np.asarray(self.current(node), np.float64)
+            cols = w[:, feats] if _sink_axis(node) == 1 else w[feats].T
+            delta = mean * cols.reshape(cols.shape[0], -1).sum(1)
+            if node.op == "Gemm":
+                delta *= float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0))
+            if id(node) not in self.biases:
+                b = ir.const_value(ir.input_at(node, 2))
+                b = np.zeros(len(delta)) if b is None else np.broadcast_to(np.ravel(b), (len(delta),)).astype(np.float64)
+                self.biases[id(node)] = (node, np.array(b, np.float64, copy=True))
+            self.biases[id(node)][1][:] += delta
+        return True
+
     def commit(self, suffix: str) -> None:
         for node, w in self.edited.values():
             dtype = ir.const_value(node.inputs[1]).dtype
             node.inputs[1] = ir.make_const(f"{node.name}_w_{suffix}", w.astype(dtype))
+        for node, b in self.biases.values():
+            const = ir.make_const(f"{node.name}_b_{suffix}", b.astype(np.float32))
+            if ir.input_at(node, 2) is None:
+                while len(node.inputs) > 2:
+                    node.inputs.pop()
+                node.inputs.append(const)
+            else:
+                node.inputs[2] = const
         self.edited.clear()
+        self.biases.clear()
 
 
 def fake_quant_row(row: np.ndarray, bits: int) -> np.ndarray:
@@ -194,7 +243,7 @@ class FamilyModel:
             return udfc.weights_grams(ft, bt, fs, bs, self.alpha)
         chan = lambda idx: [self.groups[i].origins[0][1] for i in idx]  # noqa: E731
         ct, cs = chan(targets), chan(sources)
-        gamma, beta = np.abs(self.stats.gamma.astype(np.float64)), self.stats.beta.astype(np.float64)
+        beta, gamma = self.stats.output_mean_std()
         src_std = gamma[cs] * np.linalg.norm(fs, axis=1) / np.where(ns[:, 0] > 0, ns[:, 0], 1.0)
         g = udfc.moment_gram(np.concatenate([ft, fs]), np.concatenate([beta[ct], beta[cs]]),
                              np.concatenate([gamma[ct], src_std]), self.activation, self.slope, seed=self.seed)

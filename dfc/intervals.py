@@ -16,7 +16,7 @@ from dfc import ir
 
 MONOTONE = {"Relu": 1.0, "LeakyRelu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Identity": 1.0, "Dropout": 1.0,
             "Flatten": 1.0, "Clip": 1.0}
-_ACT = {
+ACTIVATIONS = {
     "Relu": lambda v, n: np.maximum(v, 0),
     "LeakyRelu": lambda v, n: np.where(v > 0, v, float(n.attrs.get("alpha", 0.01)) * v),
     "Tanh": lambda v, n: np.tanh(v),
@@ -24,13 +24,8 @@ _ACT = {
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,
     "Flatten": lambda v, n: v,
-    "Clip": lambda v, n: np.clip(v, _clip_bound(n, 1, -np.inf), _clip_bound(n, 2, np.inf)),
+    "Clip": lambda v, n: np.clip(v, *(ir.clip_bounds(n) or (-np.inf, np.inf))),
 }
-
-
-def _clip_bound(n: gs.Node, i: int, default: float) -> float:
-    v = ir.const_value(ir.input_at(n, i))
-    return default if v is None else float(v)
 
 
 def dense_weight(n: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
@@ -78,8 +73,8 @@ def activation_bounds(graph: gs.Graph, lo: np.ndarray, hi: np.ndarray) -> dict[s
         if x is None or x.name not in bounds:
             continue
         l, h = bounds[x.name]
-        if n.op in _ACT:
-            out = (_ACT[n.op](l, n), _ACT[n.op](h, n))
+        if n.op in ACTIVATIONS:
+            out = (ACTIVATIONS[n.op](l, n), ACTIVATIONS[n.op](h, n))
         else:
             out = _affine(n, l, h, with_bias=True)
         if out is not None:

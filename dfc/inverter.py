@@ -4,10 +4,13 @@ Within: Methods for Data-Free Model Compression", CVPR 2020, §3 and Algorithm 1
 Random inputs x (in the model's normalised input space) are optimised with Adam so that:
 - `bns`: J_KL = mean over BN layers ℓ of mean over channels c of
       KL(N(μ̂, σ̂²) ‖ N(μ̃, σ̃²)) = log(σ̃/σ̂) + (σ̂² + (μ̂ − μ̃)²)/(2σ̃²) − 1/2          (Eq. 1-3)
-  with (μ̂, σ̂) the BN's running statistics and (μ̃, σ̃² + 1e-8) the batch's per-channel statistics.
-  dfc folds BN, so the statistics are compared at the folded layer's output, where BN's output is
-  N(β, γ²): KL is invariant under the same affine map of both Gaussians, so this equals the KL at
-  the BN input. The input normalisation counts as one more BN (target N(0, 1) per channel).
+  with (μ̂, σ̂²) the BN's running statistics and (μ̃, σ̃²) the batch's per-channel statistics of the BN input, each
+  variance plus the BN's own ε (the noise floor below which BN does not tell variances apart): without it a channel
+  that is nearly constant in one batch but had σ̂² ~ ε in training gives a KL of 1e7-1e9 that swamps every other
+  term (EfficientNet-Lite0, ε = 1e-3: J_KL of 64 real images 3402 without, 0.12 with). dfc folds BN, so the
+  statistics are compared at the folded layer's output y = γ·(x − μ̂)/√(σ̂² + ε) + β, where the same affine map
+  (KL is invariant under it) turns the two Gaussians into N(β, γ²) and N(μ̃_y, σ̃_y² + γ²·ε/(σ̂² + ε)).
+  The input normalisation counts as one more BN (target N(0, 1) per channel, no floor).
 - `inception`: mean of e^(−logit[target]/scale) over the batch, random target classes.
 - `bns+inception`: J_KL + w_inception · inception.
 Every method adds the smoothing prior w_smooth · mean((x − blur(x))²) (Gaussian blur, σ = 1).
@@ -19,6 +22,7 @@ input range. CUDA is used when available.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,14 +33,16 @@ import torch.nn.functional as F
 from dfc.errors import DfcError
 
 METHODS = ("bns", "inception", "bns+inception")
+MAX_SAMPLES, MIN_STEPS, MAX_STEPS = 256, 100, 200
 
 
 @dataclass
 class InverterConfig:
     method: str = "bns"
-    samples: int = 256
-    batch: int = 256  # samples optimised together (BN statistics are batch statistics)
-    steps: int = 200
+    samples: int | None = None  # None: from the work budget (`Inverter.plan`)
+    batch: int | None = None  # samples optimised together (BN statistics are batch statistics); None: all of them
+    steps: int | None = None  # None: from the work budget
+    budget: float = 2e10  # default work: samples × steps × activation elements per sample (at the synthesis size)
     lr: float = 0.1
     copies: int = 1  # augmented copies of each sample per step
     w_smooth: float = 0.05
@@ -45,6 +51,12 @@ class InverterConfig:
     seed: int = 0
     device: str | None = None  # None: cuda when available, else cpu
     threads: int | None = None  # cpu threads (default: all cores)
+    size: int | None = None  # side of the first phase's inputs in pixels (None: from `synthesis_macs`)
+    synthesis_macs: float | None = 1.3e8  # per-sample MACs the first phase aims at (None: always the input size)
+    min_side: int = 32
+    refine_steps: int = 0  # steps at the input size after a smaller synthesis size
+    stop_rel: float = 0.0  # early stop: J_KL improved by less than this fraction over the last `stop_window` steps
+    stop_window: int = 20
 
 
 @dataclass
@@ -53,26 +65,34 @@ class BNTarget:
     mean: torch.Tensor  # per channel
     std: torch.Tensor
     mask: torch.Tensor  # channels whose std > 0
+    floor: torch.Tensor | float = 0.0  # γ²·ε/(σ̂² + ε): the BN's ε in output units, added to the batch variance
 
 
 def bn_targets(bn_stats: dict, model: onnx.ModelProto) -> list[BNTarget]:
-    """Targets N(β, γ²) of the folded BN outputs that exist in the graph (channels with γ = 0 skipped)."""
+    """Targets N(β, γ²) and variance floors γ²·ε/(σ̂² + ε) of the folded BN outputs that exist in the graph
+    (channels with γ = 0 skipped)."""
     tensors = {o for n in model.graph.node for o in n.output}
     out = []
     for name, st in sorted(bn_stats.items()):
         if name not in tensors:
             continue
-        std = torch.tensor(np.abs(st.gamma), dtype=torch.float32)
-        out.append(BNTarget(name, torch.tensor(st.beta, dtype=torch.float32), std, std > 1e-6))
+        gamma2, var = st.gamma.astype(np.float64) ** 2, st.var.astype(np.float64)
+        std = torch.tensor(np.sqrt(gamma2), dtype=torch.float32)
+        floor = torch.tensor(gamma2 * st.eps / (var + st.eps), dtype=torch.float32)
+        out.append(BNTarget(name, torch.tensor(st.beta, dtype=torch.float32), std, std > 1e-6, floor))
     return out
 
 
-def kl_to_target(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over channels of KL(N(mean, std²) ‖ N(μ̃, σ̃² + 1e-8)), μ̃/σ̃² the batch statistics of y
+def kl_to_target(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor,
+                 floor: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Mean over channels of KL(N(mean, std²) ‖ N(μ̃, σ̃² + floor + 1e-8)), μ̃/σ̃² the batch statistics of y
     per channel (axis 1, over every other axis)."""
     dims = [d for d in range(y.dim()) if d != 1]
-    mu = y.mean(dim=dims)
-    var = y.var(dim=dims, unbiased=False) + 1e-8
+    n = y.numel() / y.shape[1]
+    # var = E[y²] − E[y]² from two plain sums: 3× faster than mean() + var() with their backward on CPU (the
+    # statistics cost as much as the forward pass otherwise); clamped where float32 rounding makes it negative
+    mu = y.sum(dim=dims) / n
+    var = ((y * y).sum(dim=dims) / n - mu * mu).clamp_min(0.0) + floor + 1e-8
     kl = 0.5 * torch.log(var) - torch.log(std) + (std ** 2 + (mean - mu) ** 2) / (2 * var) - 0.5
     return kl[mask].mean()
 
@@ -83,7 +103,8 @@ def j_kl(x: torch.Tensor, watched: dict[str, torch.Tensor], targets: list[BNTarg
     terms = [kl_to_target(x, torch.zeros(c, device=x.device), torch.ones(c, device=x.device),
                           torch.ones(c, dtype=torch.bool, device=x.device))]
     for t in targets:
-        terms.append(kl_to_target(watched[t.tensor], t.mean.to(x.device), t.std.to(x.device), t.mask.to(x.device)))
+        floor = t.floor.to(x.device) if isinstance(t.floor, torch.Tensor) else t.floor
+        terms.append(kl_to_target(watched[t.tensor], t.mean.to(x.device), t.std.to(x.device), t.mask.to(x.device), floor))
     return torch.stack(terms).mean()
 
 
@@ -144,7 +165,7 @@ class Inverter:
         if cfg.method not in METHODS:
             raise DfcError(f"unknown inverter method {cfg.method!r}; choose from {', '.join(METHODS)}")
         for key in ("samples", "batch", "steps", "copies"):
-            if int(getattr(cfg, key)) < 1:
+            if getattr(cfg, key) is not None and int(getattr(cfg, key)) < 1:
                 raise DfcError(f"inverter {key} must be >= 1, got {getattr(cfg, key)!r}")
         if not cfg.lr > 0:
             raise DfcError(f"inverter learning rate must be > 0, got {cfg.lr!r}")
@@ -159,7 +180,9 @@ class Inverter:
             p.requires_grad_(False)
         self.input_range = input_range
         self.shape = _input_shape(model)
+        self.macs, self.stride, self.volume = _cost(model)
         self.last_jkl: float | None = None
+        self.history: list[float] = []  # the loss (J_KL where computed) of every step, all batches and phases
 
     def _clamp(self, x: torch.Tensor) -> None:
         if self.input_range is None:
@@ -171,7 +194,7 @@ class Inverter:
     def loss(self, x: torch.Tensor, targets_cls: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, float]:
         cfg = self.cfg
         xa = augment(x, cfg.copies, gen)
-        outs, watched = self.net(xa)
+        outs, watched = self.net(self._layout(xa))
         total = cfg.w_smooth * smoothness(x)
         jkl = None
         if cfg.method in ("bns", "bns+inception"):
@@ -184,46 +207,150 @@ class Inverter:
             total = total + (cfg.w_inception * inc if cfg.method == "bns+inception" else inc)
         return total, float(jkl.detach()) if jkl is not None else float("nan")
 
-    def generate(self, progress: bool = True) -> np.ndarray:
+    def generate(self, progress: bool = True, trace: dict | None = None) -> np.ndarray:
+        """The samples: per batch, Adam steps at the synthesis size (`synthesis_shape`), then, when that is below
+        the input size, the batch bilinearly upsampled and `refine_steps` more steps at full size. Each phase stops
+        early once J_KL has improved by less than `stop_rel` (relative) over its last `stop_window` steps.
+        `trace` (a dict) receives what was done: sizes, steps run per phase, J_KL at the end of each, seconds."""
         from dfc.progress import progress_bar
 
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed)
-        batches = [min(cfg.batch, cfg.samples - s) for s in range(0, cfg.samples, cfg.batch)]
+        samples, steps, batch = self.plan()
+        batches = [min(batch, samples - s) for s in range(0, samples, batch)]
+        low = self.synthesis_shape()
+        phases = [(low, steps)] + ([(self.shape, cfg.refine_steps)] if low != self.shape and cfg.refine_steps else [])
         out = []
         n_classes = None
-        bar = progress_bar(range(len(batches) * cfg.steps), desc=f"{cfg.method} inverter", total=len(batches) * cfg.steps,
-                           unit="step") if progress else None
+        total_steps = len(batches) * sum(st for _, st in phases)
+        bar = progress_bar(range(total_steps), desc=f"{cfg.method} inverter", total=total_steps, unit="step") if progress else None
         it = iter(bar) if bar is not None else None
+        log = [{"shape": list(shp), "max_steps": st, "steps": 0, "seconds": 0.0, "j_kl": None} for shp, st in phases]
         for b in batches:
-            x = torch.randn((b,) + self.shape, generator=gen).to(self.device)
-            self._clamp(x)
-            x.requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=cfg.lr)
+            x = torch.randn((b,) + low, generator=gen).to(self.device)
             targets_cls = None
             if cfg.method != "bns":
                 if n_classes is None:
                     with torch.no_grad():
-                        n_classes = int(self.net(x[:1])[0][0].reshape(1, -1).shape[1])
+                        n_classes = int(self.net(self._layout(x[:1]))[0][0].reshape(1, -1).shape[1])
                 targets_cls = torch.randint(0, n_classes, (b,), generator=gen).to(self.device)
-            for _ in range(cfg.steps):
-                opt.zero_grad(set_to_none=True)
-                total, jkl = self.loss(x, targets_cls, gen)
-                if not torch.isfinite(total):
-                    raise DfcError(f"{cfg.method} inverter: the loss is not finite ({float(total)}): activations overflow "
-                                   "float32 (very large weights or BN statistics?)")
-                total.backward()
-                opt.step()
-                self._clamp(x)
-                self.last_jkl = jkl
-                if it is not None:
-                    next(it, None)
-                    if hasattr(bar, "set_postfix_str"):
-                        bar.set_postfix_str(f"J_KL {jkl:.3f}" if jkl == jkl else f"loss {float(total):.3f}", refresh=False)
+            for k, (shp, steps) in enumerate(phases):
+                if tuple(x.shape[1:]) != shp:
+                    x = F.interpolate(x.detach(), size=list(shp[1:]), mode="bilinear", align_corners=False)
+                t0 = time.perf_counter()
+                x, done = self._optimise(x, targets_cls, steps, gen, it, bar)
+                log[k]["steps"] += done
+                log[k]["seconds"] += time.perf_counter() - t0
+                log[k]["j_kl"] = self.last_jkl
+                if it is not None:  # steps skipped by the early stop
+                    for _ in range(steps - done):
+                        next(it, None)
             out.append(x.detach().cpu().numpy())
         if bar is not None and hasattr(bar, "close"):
             bar.close()
-        return np.concatenate(out).astype(np.float32)
+        if trace is not None:
+            trace.update(samples=samples, batch=batch, steps=steps)
+            trace["phases"] = [{**p, "seconds": round(p["seconds"], 1),
+                                "j_kl": None if p["j_kl"] is None or p["j_kl"] != p["j_kl"] else round(p["j_kl"], 5)}
+                               for p in log]
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    def plan(self) -> tuple[int, int, int]:
+        """(samples, steps, batch): the configured values, and where not given, the work budget decides. The cost of a
+        step on CPU follows the activation elements it moves more than the MACs (depthwise convs, clips, the BN
+        statistics are memory-bound), so the work is samples × steps × V, V the activation elements per sample at
+        the synthesis size. Within `budget`: at most MAX_SAMPLES samples and MAX_STEPS steps; samples give way first
+        (in multiples of 32, at least 32) so that MIN_STEPS steps fit, then steps. The CIFAR ResNets keep 256
+        samples (ResNet-20: 200 steps, ResNet-56: 146); EfficientNet-Lite0 at 128² gets 64 samples × 142 steps."""
+        cfg = self.cfg
+        low = self.synthesis_shape()
+        area = float(np.prod(low[1:]) / np.prod(self.shape[1:])) if len(low) > 1 else 1.0
+        volume = max(1.0, self.volume * area)
+        samples = cfg.samples
+        if samples is None:
+            fit = int(cfg.budget / (MIN_STEPS * volume)) // 32 * 32
+            samples = int(min(MAX_SAMPLES, max(32, fit)))
+        steps = cfg.steps
+        if steps is None:
+            steps = int(min(MAX_STEPS, max(MIN_STEPS, cfg.budget / (samples * volume))))
+        return int(samples), int(steps), int(cfg.batch or samples)
+
+    def synthesis_shape(self) -> tuple[int, ...]:
+        """The per-sample shape the first phase optimises at: the input shape, or for a large image input a smaller
+        one with the same aspect whose cost per sample is about `synthesis_macs` (the model's MACs scale with the
+        pixel count), each side a multiple of the model's total stride and at least `min_side`; or the shorter side
+        scaled to `size` when given. Only where the graph runs at that size (convolutions and global pooling);
+        otherwise the input shape."""
+        cfg, shape = self.cfg, self.shape
+        if len(shape) != 3:
+            return shape
+        if cfg.size:
+            factor = min(1.0, cfg.size / min(shape[1:]))
+        elif cfg.synthesis_macs and self.macs:
+            factor = min(1.0, (cfg.synthesis_macs / self.macs) ** 0.5)
+        else:
+            return shape
+        stride = 1 if cfg.size else max(1, self.stride)
+        side = lambda s: max(min(cfg.min_side, s), int(round(s * factor / stride)) * stride)  # noqa: E731
+        low = (shape[0], min(shape[1], side(shape[1])), min(shape[2], side(shape[2])))
+        if low == shape:
+            return shape
+        try:
+            with torch.no_grad():
+                self.net(self._layout(torch.zeros((2,) + low, device=self.device)))
+        except DfcError:
+            return shape
+        return low
+
+    @staticmethod
+    def _layout(x: torch.Tensor) -> torch.Tensor:
+        """channels-last for 4-D inputs: torch's CPU convolutions and the per-channel statistics run 1.5× faster."""
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+    def _optimise(self, x: torch.Tensor, targets_cls, steps: int, gen: torch.Generator, it, bar) -> tuple[torch.Tensor, int]:
+        cfg = self.cfg
+        x = x.detach().clone()
+        self._clamp(x)
+        x.requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=cfg.lr)
+        history: list[float] = []
+        done = 0
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            total, jkl = self.loss(x, targets_cls, gen)
+            if not torch.isfinite(total):
+                raise DfcError(f"{cfg.method} inverter: the loss is not finite ({float(total)}): activations overflow "
+                               "float32 (very large weights or BN statistics?)")
+            total.backward()
+            opt.step()
+            self._clamp(x)
+            self.last_jkl = jkl
+            done += 1
+            if it is not None:
+                next(it, None)
+                if hasattr(bar, "set_postfix_str"):
+                    bar.set_postfix_str(f"J_KL {jkl:.3f}" if jkl == jkl else f"loss {float(total.detach()):.3f}", refresh=False)
+            history.append(jkl if jkl == jkl else float(total.detach()))
+            self.history.append(history[-1])
+            w = cfg.stop_window
+            if cfg.stop_rel > 0 and len(history) > w and history[-1] > (1 - cfg.stop_rel) * min(history[:-w]):
+                break
+        return x, done
+
+
+def _cost(model: onnx.ModelProto) -> tuple[int, int, int]:
+    """(MACs per sample, total stride: the input's height over the smallest conv output height, activation elements
+    per sample: the sum of the weighted layers' output sizes) of the model at its input size."""
+    from dfc.stats import layer_stats
+
+    rows = layer_stats(model)
+    shape = _input_shape(model)
+    heights = [r.output_shape[2] for r in rows if r.op == "Conv" and len(r.output_shape) == 4
+               and isinstance(r.output_shape[2], int)]
+    stride = max(1, shape[1] // min(heights)) if heights and len(shape) == 3 else 1
+    volume = sum(int(np.prod(r.output_shape[1:])) for r in rows
+                 if all(isinstance(d, (int, np.integer)) for d in r.output_shape[1:]))
+    return sum(r.macs for r in rows), stride, volume
 
 
 def _input_shape(model: onnx.ModelProto) -> tuple[int, ...]:

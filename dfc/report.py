@@ -59,6 +59,7 @@ def summary_table(report: dict) -> str:
             f"top-1 agreement {100 * fid['agreement']:.1f} %, mean KL {fid['mean_kl']:.4f}, max |dlogit| {fid['max_abs_diff']:.4f}"
         )
     out += _compensation_lines(report.get("passes", {}))
+    out += _inverter_lines(report.get("passes", {}))
     for note in report.get("notes", []):
         out.append(f"note: {note}")
     return "\n".join(out)
@@ -89,6 +90,21 @@ def _compensation_lines(passes: dict) -> list[str]:
         out.append(f"udfc: quantized channels rescaled in {rq['layers_compensated']} layers (alpha_q {rq['alpha_q']}); "
                    f"weights-loss error {before:.4g} -> {after:.4g} "
                    f"({100 * (after - before) / before if before else 0.0:+.2g} %)")
+    return out
+
+
+def _inverter_lines(passes: dict) -> list[str]:
+    """What the BNS inverter did (phases: size, steps run of the maximum, J_KL, seconds) and each pass's time."""
+    out = []
+    syn = passes.get("synthesize")
+    if syn and syn.get("phases"):
+        parts = [f"{p['steps']}/{p['max_steps']} steps at {'x'.join(map(str, p['shape']))} "
+                 f"({p['seconds']:.0f} s, J_KL {p['j_kl']})" for p in syn["phases"]]
+        out.append(f"inverter: {syn['method']}, {syn['samples']} samples in batches of {syn['batch']} on {syn['device']}: "
+                   + ", then ".join(parts))
+    timed = [(name, r["seconds"]) for name, r in passes.items() if isinstance(r, dict) and "seconds" in r]
+    if timed:
+        out.append("time per pass: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timed))
     return out
 
 

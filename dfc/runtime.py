@@ -65,3 +65,19 @@ def nchwc_block() -> int | None:
     except OSError:
         return None
     return 16 if " avx512f" in flags else 8 if " avx2" in flags else None
+
+
+def ort_optimized_ops(model: onnx.ModelProto) -> "Counter[str]":
+    """Op counts of the graph ONNX Runtime runs after its graph optimizer (extended level: the QDQ fusions into
+    QLinearConv / QGemm / QLinearAdd / ..., without the layout-specific NCHWc rewrite that cannot be saved)."""
+    import os
+    import tempfile
+    from collections import Counter
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)

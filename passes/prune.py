@@ -36,7 +36,8 @@ import onnx_graphsurgeon as gs
 from dfc import ir, pairwise, probe
 from dfc.channels import ChannelAnalysis, Group
 from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
-from dfc.compensation import family_name, path_problem, removal_errors, round_sig
+from dfc.compensation import consumer_norms, family_name, path_problem, removal_errors, round_sig, skipped_notes
+from dfc.sink_moments import group_moments
 from dfc.errors import DfcError
 from dfc.intervals import activation_bounds
 from dfc.pipeline import Context, Pass, register
@@ -217,8 +218,8 @@ class Prune(Pass):
             graph = remove_groups(graph, analysis, chosen, ctx)
         if impact_used is False:
             ctx.note("prune: pair-wise pruning ranked pairs by saliency only (no interval bound reaches the outputs)")
-        for reason, n in skipped.items():
-            ctx.note(f"prune: {n} removed channel group(s) not compensated: {reason}")
+        for line in skipped_notes(skipped, "removed channel group(s)"):
+            ctx.note(f"prune: {line}")
         stats = {"groups_in_scope": sum(n0.values()), "groups_removed": sum(removed.values()),
                  "pairs_merged": merged, "pairwise_layers": len(dense_layers), "steps": steps, "layers_in_scope": len(n0)}
         if o["compensate"] != "none":
@@ -233,13 +234,27 @@ class Prune(Pass):
         o = self.options
         problem = path_problem(groups[0], analysis)
         if problem is not None:
-            skipped[problem] += len(drop)
+            moments = group_moments(groups, ctx.bn_stats)
+            if moments is None or not all(editor.add_mean(groups[i], float(moments[0][i])) for i in drop):
+                skipped[problem] += len(drop)
+                return
+            mean, second = moments
+            norms = consumer_norms([groups[i] for i in drop], editor)
+            plain = float(norms @ second[drop])
+            row = {"loss": "bn-mean", "partners": "mean", "dropped": len(drop), "merged": len(drop), "scale_min": None,
+                   "scale_median": None, "scale_max": None,
+                   "predicted_error": round_sig(float(norms @ (second[drop] - mean[drop] ** 2)) / plain) if plain > 0 else 0.0}
+            self._accumulate(comp, groups, row)
             return
         gone = set(drop)
         keep = [i for i in range(len(groups)) if i not in gone]
         model = FamilyModel(groups, analysis, editor, o["loss"], float(o["alpha_p"]), ctx.bn_stats, ctx.seed)
         requant = FamilyModel(groups, analysis, editor, "weights", float(o["alpha_q"]), None) if bits else None
         row = compensate_pruned(model, keep, drop, o["partners"], bits, requant)
+        self._accumulate(comp, groups, row)
+
+    @staticmethod
+    def _accumulate(comp: dict, groups: list[Group], row: dict) -> None:
         name = family_name(groups[0].family)
         acc = comp.setdefault(name, {"layer": name, "loss": row["loss"], "partners": row["partners"], "dropped": 0,
                                      "merged": 0, "steps": []})
@@ -252,9 +267,14 @@ class Prune(Pass):
         o = self.options
         if o["criterion"] != "udfc":
             return group_scores(groups, o["criterion"], ctx.bn_stats)
+        rescalable = path_problem(groups[0], analysis) is None
+        moments = None if rescalable else group_moments(groups, ctx.bn_stats)
+        if moments is not None:  # a Clip or depthwise conv on the path: the BN model of what the consumers read
+            mean, second = moments
+            err = second - mean ** 2 if o["compensate"] != "none" else second
+            return err * consumer_norms(groups, WeightEditor())
         model = FamilyModel(groups, analysis, WeightEditor(), o["loss"], float(o["alpha_p"]), ctx.bn_stats, ctx.seed)
-        compensable = o["compensate"] != "none" and path_problem(groups[0], analysis) is None
-        return removal_errors(model, o["partners"], compensable)
+        return removal_errors(model, o["partners"], o["compensate"] != "none" and rescalable)
 
     def _targets(self, families: dict, n0: Counter, removed: Counter, r: float, score) -> dict:
         """How many groups each family loses in this step (each keeps at least one)."""

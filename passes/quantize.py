@@ -164,6 +164,7 @@ class Quantize(Pass):
             x_params = params[input_of[id(n)]]
             layers.append(self._quantize_weights(graph, n, layer_bits[id(n)], x_params, means.get(input_of[id(n)])))
 
+        integer_pads = self._integer_pads(graph)
         accelerated = all(b == 8 for b in (o["wbits"], o["abits"], o["first_last_bits"]))
         ctx.metadata["dfc.quantization"] = json.dumps(
             {k: o[k] for k in ("wbits", "abits", "first_last_bits", "calibrator")} | {"calib": self._calib_name(ctx)}
@@ -184,6 +185,7 @@ class Quantize(Pass):
             "ort_accelerated": accelerated,
             "activation_tensors": len(act_bits),
             "activations_absorbed": dict(sorted(Counter(r.op for r, _ in fused.values()).items())),
+            "integer_pads": integer_pads,
             "bias_correction": bool(means),
             "layers": layers,
             "left_in_float": skipped,
@@ -270,6 +272,39 @@ class Quantize(Pass):
                 shared[n.outputs[0].name] = name
                 act_bits[name] = max(act_bits[name], act_bits[n.outputs[0].name])
         return shared
+
+    @staticmethod
+    def _integer_pads(graph: gs.Graph) -> int:
+        """Zero Pads (with Slices before them: the option-A shortcut) moved into the integer domain: the pattern
+        DQ → [Slice …] → Pad → Q, where Q has the DQ's parameters (`_shared_params`), becomes [Slice …] → Pad → DQ on
+        the quantized tensor, the Pad filling with the zero point (the code of 0.0). Bit-exact; ORT has no fused Pad,
+        so otherwise the Pad runs in float between a DequantizeLinear and a QuantizeLinear."""
+        count = 0
+        for pad in [n for n in graph.nodes if ir.is_zero_pad(n)]:
+            q = ir.single_consumer(pad.outputs[0], graph)
+            if q is None or q.op != "QuantizeLinear" or ir.input_at(pad, 3) is not None:
+                continue
+            chain, t = [pad], pad.inputs[0]
+            while ir.producer(t) is not None and ir.producer(t).op == "Slice" and ir.single_consumer(t, graph) is not None:
+                chain.insert(0, ir.producer(t))
+                t = chain[0].inputs[0]
+            dq = ir.producer(t)
+            if dq is None or dq.op != "DequantizeLinear" or any(
+                    not np.array_equal(ir.const_value(a), ir.const_value(b)) for a, b in zip(dq.inputs[1:3], q.inputs[1:3])):
+                continue
+            codes = dq.inputs[0]
+            chain[0].inputs[0] = codes
+            for n in chain:
+                n.outputs[0].dtype = codes.dtype
+            while len(pad.inputs) > 2:
+                pad.inputs.pop()
+            pad.inputs.append(ir.make_const(ir.unique_name(graph, pad.name + "_zp"), ir.const_value(q.inputs[2]).reshape(())))
+            ir.replace_uses(graph, q.outputs[0], pad.outputs[0])
+            q.inputs.clear()
+            q.outputs.clear()
+            graph.nodes.remove(q)
+            count += 1
+        return count
 
     # ------------------------------------------------------------------ bias correction
 

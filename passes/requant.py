@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from dfc import ir
-from dfc.compensation import compensate_quantized
+from dfc.compensation import compensate_quantized, skipped_notes
 from dfc.pipeline import Context, Pass, register
 from dfc.passes.quantize import weight_bit_plan
 
@@ -31,8 +31,8 @@ class Requant(Pass):
         graph = ir.infer_shapes(graph)
         bits = weight_bit_plan(graph, o["wbits"], o["first_last_bits"])
         rows, skipped = compensate_quantized(graph, bits, float(o["alpha_q"]))
-        for reason, n in skipped.items():
-            ctx.note(f"udfc-requant: {n} quantized channel group(s) not compensated: {reason}")
+        for line in skipped_notes(skipped, "quantized channel group(s)"):
+            ctx.note(f"udfc-requant: {line}")
         ctx.results["udfc-requant"] = {"alpha_q": o["alpha_q"], "layers_compensated": len(rows),
                                        "layers": rows}
         return graph

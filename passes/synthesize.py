@@ -32,7 +32,8 @@ class Synthesize(Pass):
         t0 = time.perf_counter()
         try:  # an op the torch executor lacks shows at construction or in the first forward pass
             inv = Inverter(ir.export_model(graph), ctx.bn_stats, ctx.sample_range(), cfg)
-            x = inv.generate()
+            trace: dict = {}
+            x = inv.generate(trace=trace)
         except DfcError as e:
             if not self.options["fallback"]:
                 raise DfcError(f"--calib {cfg.method}: the BNS inverter cannot run this model: {e}") from e
@@ -43,8 +44,7 @@ class Synthesize(Pass):
         dt = time.perf_counter() - t0
         ctx.calibration, ctx.calibration_source = x, cfg.method
         ctx.results["synthesize"] = {
-            "method": cfg.method, "samples": int(len(x)), "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr,
-            "copies": cfg.copies, "device": str(pick_device(cfg.device)), "final_j_kl": inv.last_jkl,
-            "samples_per_second": round(len(x) / dt, 3),
+            "method": cfg.method, "lr": cfg.lr, "copies": cfg.copies, "device": str(pick_device(cfg.device)),
+            "final_j_kl": inv.last_jkl, "samples_per_second": round(len(x) / dt, 3), **trace,
         }
         return graph

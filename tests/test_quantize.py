@@ -2,13 +2,13 @@ import collections
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
-from conftest import DEMO, conv_bn_relu_cnn, rand, run
+from conftest import DEMO, conv_bn_relu_cnn, rand, run, shared_file
 from dfc.errors import DfcError
 from dfc.modelio import check_model, load_model
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
+from dfc.runtime import ort_optimized_ops
 
 
 def _quantize(m, ctx=None, **opts):
@@ -16,20 +16,12 @@ def _quantize(m, ctx=None, **opts):
     return PassManager(["cleanup", "fold-bn", get_pass("quantize", **opts)], debug=True).run(m, ctx), ctx
 
 
-def _ort_fused_ops(model, tmp_path) -> collections.Counter:
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-
-
 def test_w8a8_graph_form_is_fused_by_ort(tmp_path):
     q, ctx = _quantize(conv_bn_relu_cnn())
     ops = collections.Counter(n.op_type for n in q.graph.node)
     assert ops["Relu"] == 0  # both Relus absorbed into output quantizers
     assert ctx.results["quantize"]["activations_absorbed"] == {"Relu": 2}
-    fused = _ort_fused_ops(q, tmp_path)
+    fused = ort_optimized_ops(q)
     assert fused["QLinearConv"] == 2 and fused["QLinearAdd"] == 1 and fused["QGemm"] == 1
     assert fused["Conv"] == 0
 
@@ -166,3 +158,44 @@ def run_all(model, x):
 
     s = make_session(model)
     return s.run(None, {s.get_inputs()[0].name: x})
+
+
+# what may be left after ORT's optimizer on a W8A8 dfc model: the fused kernels, one QuantizeLinear at the input, at most
+# one DequantizeLinear at the output, and shape ops that run on the uint8 tensor between two fused kernels (a float op
+# there would need a DequantizeLinear/QuantizeLinear pair of its own)
+FUSED_FORM = {"QLinearConv", "QLinearAdd", "QGemm", "QLinearGlobalAveragePool", "QuantizeLinear", "DequantizeLinear",
+              "Reshape", "Flatten", "Slice", "Pad"}
+
+
+@pytest.mark.parametrize("name", ["resnet20_cifar10.onnx", "resnet56_cifar10.onnx", "efficientnet_lite0_imagenet.onnx"])
+def test_real_models_run_fully_fused_in_ort(name):
+    from dfc.api import optimize
+
+    m = load_model(shared_file(f"models/{name}"))
+    q = optimize(m, calib="gaussian", calib_samples=8, udfc_requant=False)  # the graph form does not depend on them
+    ops = ort_optimized_ops(q)
+    assert set(ops) <= FUSED_FORM, ops
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] <= 1, ops
+
+
+def test_shortcut_pad_runs_on_the_quantized_tensor_bit_exactly():
+    # the option-A shortcut (Slice + channel Pad) between two quantized tensors with the same parameters
+    from dfc.api import optimize, optimize_with_report
+
+    m = load_model(shared_file("models/resnet20_cifar10.onnx"))
+    ctx_opts = dict(calib="gaussian", calib_samples=8, udfc_requant=False)
+    q, rep = optimize_with_report(m, measure=False, **ctx_opts)
+    assert rep["passes"]["quantize"]["integer_pads"] == 2
+    pads = [n for n in q.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 2 and all(n.input[0] != "" for n in pads)
+    # the same graph with the Pads in float between DequantizeLinear/QuantizeLinear: same outputs, bit for bit
+    from dfc.passes.quantize import Quantize
+
+    saved = Quantize._integer_pads
+    try:
+        Quantize._integer_pads = staticmethod(lambda graph: 0)
+        ref = optimize(m, **ctx_opts)
+    finally:
+        Quantize._integer_pads = saved
+    x = rand((4, 3, 32, 32))
+    np.testing.assert_array_equal(run(q, x), run(ref, x))

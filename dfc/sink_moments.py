@@ -1,0 +1,70 @@
+"""Moments of a channel group where its consumers read it, from BatchNorm statistics alone.
+
+The last BN on the way to a consumer gives its channel c as z ~ N(β_c, γ_c²·σ_c²/(σ_c² + ε)) (`BNStats.output_mean_std`) (the folded layer's output, as in the
+BNS inverter). Between that tensor and the consumer there may be channel-wise activations (Relu, LeakyRelu, Clip:
+ReLU6) and mean-preserving reshapes/pools (GlobalAveragePool, Flatten, Reshape). The consumer then sees
+a = f(z) with f the activations in order, and
+
+    E[a] = ∫ f(β + γ·t) φ(t) dt,   E[a²] = ∫ f(β + γ·t)² φ(t) dt
+
+(a fine grid over ±8 standard deviations). Used where a removed channel cannot be rebuilt by rescaling a kept one
+(a Clip or a depthwise conv on the path): its mean goes into the consumers' bias, E‖a − E[a]‖² = Var[a] is the error
+that remains (for pooled consumers Var[a] is an upper bound: pooling averages part of it away).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dfc import ir
+from dfc.channels import Group
+from dfc.intervals import ACTIVATIONS
+
+CHANNELWISE = ("Relu", "LeakyRelu", "Clip")
+MEAN_PRESERVING = ("GlobalAveragePool", "Flatten", "Reshape")
+_T = np.linspace(-8.0, 8.0, 1601)
+_W = np.exp(-_T ** 2 / 2)
+_W /= _W.sum()
+
+
+def _source(t: gs.Tensor, bn_stats) -> tuple[str, list[gs.Node]] | None:
+    """(name of the BN'd tensor behind `t`, the activations between, in order), or None when something else is
+    on the way."""
+    acts: list[gs.Node] = []
+    while t.name not in bn_stats:
+        p = ir.producer(t)
+        if p is None or p.op not in CHANNELWISE + MEAN_PRESERVING:
+            return None
+        if p.op == "Clip" and ir.clip_bounds(p) is None:
+            return None
+        if p.op in CHANNELWISE:
+            acts.insert(0, p)
+        t = p.inputs[0]
+    return t.name, acts
+
+
+def group_moments(groups: list[Group], bn_stats) -> tuple[np.ndarray, np.ndarray] | None:
+    """(E[a], E[a²]) per group at its consumers, or None when some group's consumers do not read a BN'd channel
+    through channel-wise activations only, or read it through different paths."""
+    if not bn_stats:
+        return None
+    means, second = [], []
+    for g in groups:
+        paths = {}
+        for node, _, _ in g.sinks:
+            src = _source(node.inputs[0], bn_stats)
+            if src is None or len(g.members.get(src[0], [])) != 1:
+                return None
+            paths[(src[0], tuple(a.name for a in src[1]))] = src
+        if len(paths) != 1:
+            return None
+        name, acts = next(iter(paths.values()))
+        c = g.members[name][0]
+        mu, sd = bn_stats[name].output_mean_std()
+        z = float(mu[c]) + float(sd[c]) * _T
+        for a in acts:
+            z = ACTIVATIONS[a.op](z, a)
+        means.append(float(_W @ z))
+        second.append(float(_W @ (z * z)))
+    return np.array(means), np.array(second)
