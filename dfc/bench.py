@@ -30,9 +30,18 @@ from dfc.bench_matrix import Config, select
 from dfc.errors import DfcError
 
 CIFAR_MEAN, CIFAR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SHARED_MODELS = {"resnet20": "models/resnet20_cifar10.onnx", "resnet56": "models/resnet56_cifar10.onnx"}
 EXACT_SET, JPEG_SET = "data/cifar10_test_exact_1017.npz", "data/cifar10_test_jpeg_5000.npz"
-REAL_CALIB_SAMPLES = 256
+IMAGENET_SET = "data/imagenet_sample_500_224.npz"
+# name -> (model, labelled set for top-1, set for agreement, input mean, input std, real calibration images for ORT)
+SHARED_MODELS = {
+    "resnet20": ("models/resnet20_cifar10.onnx", EXACT_SET, JPEG_SET, CIFAR_MEAN, CIFAR_STD, 256),
+    "resnet56": ("models/resnet56_cifar10.onnx", EXACT_SET, JPEG_SET, CIFAR_MEAN, CIFAR_STD, 256),
+    # the 500 ImageNet images are both sets; ORT's real calibration takes 128 of them (no other real images are at
+    # hand, so that baseline is slightly favoured: it has seen a quarter of the images it is scored on)
+    "efficientnet_lite0": ("models/efficientnet_lite0_imagenet.onnx", IMAGENET_SET, IMAGENET_SET, (0.498,) * 3,
+                           (0.502,) * 3, 128),
+}
+DEFAULT_MODELS = ("resnet20", "resnet56")
 
 
 @dataclass
@@ -45,6 +54,7 @@ class ModelSpec:
     fidelity_data: str
     mean: tuple
     std: tuple
+    real_calib_samples: int = 256
 
 
 @dataclass
@@ -55,7 +65,7 @@ class Settings:
     threads: int = 2
     fidelity_samples: int | None = None  # None: the whole fidelity set
     seed: int = 0
-    calib_samples: int = 256
+    calib_samples: int | None = None  # None: dfc's default
     inverter_steps: int | None = None  # None: dfc's default
     plots: bool = True
 
@@ -65,11 +75,12 @@ def shared_specs(shared: Path, names: list[str]) -> list[ModelSpec]:
     for name in names:
         if name not in SHARED_MODELS:
             raise DfcError(f"--models: unknown model {name!r}; choose from {', '.join(SHARED_MODELS)}")
-        paths = [shared / SHARED_MODELS[name], shared / EXACT_SET, shared / JPEG_SET]
+        model, acc, fid, mean, std, real = SHARED_MODELS[name]
+        paths = [shared / model, shared / acc, shared / fid]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise DfcError(f"--shared {shared}: missing {', '.join(missing)} (see ../shared/README.md)")
-        specs.append(ModelSpec(name, *map(str, paths), CIFAR_MEAN, CIFAR_STD))
+        specs.append(ModelSpec(name, *map(str, paths), mean, std, real))
     return specs
 
 
@@ -92,13 +103,13 @@ class ModelBench:
         self._calib: dict[str, tuple[np.ndarray, dict]] = {}
 
     def calibration(self, method: str) -> tuple[np.ndarray, dict]:
-        """Data-free sets from `dfc.api.calibration_set` (as `optimize` makes them); `real`: the first 256 images
-        of the fidelity set (the non-data-free reference for the ORT baseline)."""
+        """Data-free sets from `dfc.api.calibration_set` (as `optimize` makes them); `real`: the first images of the
+        fidelity set (`real_calib_samples` of them; the non-data-free reference for the ORT baseline)."""
         if method not in self._calib:
             if method == "real":
                 from dfc.validation import preprocess
 
-                x = preprocess(self.fid_images[:REAL_CALIB_SAMPLES], self.mean, self.std)
+                x = preprocess(self.fid_images[: self.spec.real_calib_samples], self.mean, self.std)
                 self._calib[method] = x, {"method": "real", "seconds": 0.0}
             else:
                 from dfc import progress
@@ -236,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--out", help="directory for results.json, results.md and the PNG plots (required for a run)")
     ap.add_argument("--quick", action="store_true", help="ResNet-20 and a representative subset (under 10 minutes on 2 cores)")
-    ap.add_argument("--models", help="comma-separated: resnet20, resnet56 (default: both; --quick: resnet20)")
+    ap.add_argument("--models", help="comma-separated: resnet20, resnet56, efficientnet_lite0 (default: the two ResNets; "
+                                     "--quick: resnet20)")
     ap.add_argument("--configs", help="comma-separated names or shell patterns, e.g. 'w4a4-*,ort-*' (default: the whole matrix; "
                                       "--quick: its subset); `--list` shows them")
     ap.add_argument("--list", action="store_true", help="print the configurations that would run and exit")
@@ -269,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     for opt in ("latency_batch", "threads"):
         if getattr(args, opt) < 1:
             raise DfcError(f"--{opt.replace('_', '-')} must be >= 1")
-    names = args.models.split(",") if args.models else (["resnet20"] if args.quick else list(SHARED_MODELS))
+    names = args.models.split(",") if args.models else (["resnet20"] if args.quick else list(DEFAULT_MODELS))
     specs = shared_specs(Path(args.shared), [n.strip() for n in names])
     if not args.no_plots:
         _require_matplotlib()

@@ -75,11 +75,15 @@ def _compensation_lines(passes: dict) -> list[str]:
         out.append(f"udfc: pruning compensation not used: it did not lower the output error on {check['samples']} "
                    f"{check['probe']} probe inputs (MSE {check['mse_compensated']:.4g} with, {check['mse_plain']:.4g} without)")
     elif comp and comp["layers"]:
+        rebuilt = [r for r in comp["layers"] if r["loss"] != "bn-mean"]
+        by_mean = [r for r in comp["layers"] if r["loss"] == "bn-mean"]
         dropped = sum(r["dropped"] for r in comp["layers"])
-        merged = sum(r["merged"] for r in comp["layers"])
+        merged = sum(r["merged"] for r in rebuilt)
         errs = [s["predicted_error"] for r in comp["layers"] for s in r["steps"]]
+        means = (f"; {sum(r['merged'] for r in by_mean)} behind a Clip or depthwise conv replaced by their BN mean in "
+                 f"{len(by_mean)} layers" if by_mean else "")
         out.append(f"udfc: {merged} of {dropped} pruned channels rebuilt from kept ones ({comp['partners']}, "
-                   f"{comp['loss']} loss) in {len(comp['layers'])} layers; predicted error left "
+                   f"{comp['loss']} loss) in {len(rebuilt)} layers{means}; predicted error left "
                    f"{100 * sum(errs) / len(errs):.0f} % of plain pruning's (mean over steps, see --report)"
                    + (f"; output MSE on {check['samples']} {check['probe']} probe inputs {check['mse_compensated']:.4g} "
                       f"(plain removal {check['mse_plain']:.4g})" if check else ""))
