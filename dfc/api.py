@@ -24,7 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "prune_scope": "inner",
     "criterion": "udfc",
     "prune_step": 0.05,
-    "prune_global": False,
+    "prune_rank": "auto",  # uniform | global | auto (both, the one closer to the model on the probe inputs kept)
+    "prune_global": False,  # the same as prune_rank="global"
     "compensate": "udfc",
     "udfc_requant": True,
     "udfc_check": True,  # keep the pruning compensation only where it lowers the error on synthetic probe inputs
@@ -61,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 GAUSSIAN_SAMPLES = 256
+PRUNE_RANKS = ("auto", "uniform", "global")
 
 
 def resolve_options(options: dict) -> dict:
@@ -71,6 +73,10 @@ def resolve_options(options: dict) -> dict:
     o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
     if not isinstance(o["prune"], (int, float)) or not 0.0 <= float(o["prune"]) < 1.0:
         raise DfcError(f"--prune must be a ratio in [0, 1), got {o['prune']!r}")
+    if o["prune_rank"] not in PRUNE_RANKS:
+        raise DfcError(f"--prune-rank must be one of {', '.join(PRUNE_RANKS)}, got {o['prune_rank']!r}")
+    if o["prune_global"]:
+        o["prune_rank"] = "global"
     if o["prune_scope"] not in PRUNE_SCOPES:
         raise DfcError(f"--prune-scope must be one of {', '.join(PRUNE_SCOPES)}, got {o['prune_scope']!r}")
     if o["criterion"] not in CRITERIA:
@@ -130,7 +136,7 @@ def build_passes(o: dict, ctx: Context) -> list:
             passes.append(_synthesize_pass(o, calib, fallback=o["calib"] is None))
     passes += [
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
-                 step=float(o["prune_step"]), global_rank=bool(o["prune_global"]), compensate=o["compensate"],
+                 step=float(o["prune_step"]), global_rank={"auto": "auto", "uniform": False, "global": True}[o["prune_rank"]], compensate=o["compensate"],
                  alpha_p=float(o["alpha_p"]), alpha_q=float(o["alpha_q"]), partners=o["udfc_partners"],
                  loss=o["udfc_loss"], check=bool(o["udfc_check"]), weight_bits=(o["wbits"], o["first_last_bits"]) if quantizing and compensating else None),
     ]
@@ -273,7 +279,7 @@ def load_calibration(path, mean=None, std=None) -> np.ndarray:
 
 def optimize(model_or_path, **options) -> onnx.ModelProto:
     """Compress a model data-free. Options (defaults): prune=0, prune_scope='inner', criterion='udfc',
-    prune_step=0.05, prune_global=False,
+    prune_step=0.05, prune_rank='auto' (prune_global=True: 'global'),
     compensate='udfc', udfc_partners='nnls', udfc_loss='bn', udfc_check=True, alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
     first_last_bits=8, no_quant=False, calib=None (best
     available), calib_samples=None (256 Gaussian; BNS: the inverter's work budget), calibrator='mse', seed=0, input_mean/input_std=None."""

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "BN-folded filters (l1, l2), PAODING scale and pair-wise dense pruning (paoding), l1 of the "
                         "filters before BN folding (l1-prebn)")
     o.add_argument("--prune-step", type=float, help="progressive pruning step, re-ranking after each (default 0.05)")
-    o.add_argument("--prune-global", action="store_true", help="rank channels across layers instead of a uniform ratio per layer")
+    o.add_argument("--prune-rank", choices=["auto", "uniform", "global"],
+                   help="uniform: the same ratio in every layer; global: channels ranked across layers by the share of "
+                        "their layer's signal they carry; auto (default): both, the one closer to the model on the "
+                        "synthetic probe inputs kept")
+    o.add_argument("--prune-global", action="store_true", help="the same as --prune-rank global")
     o.add_argument("--compensate", choices=COMPENSATIONS,
                    help="data-free compensation of pruned and quantized channels (default udfc)")
     o.add_argument("--udfc-partners", choices=UDFC_PARTNERS,
@@ -180,7 +184,7 @@ def cmd_optimize(args) -> int:
         prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
         alpha_p=args.alpha_p, alpha_q=args.alpha_q, udfc_partners=args.udfc_partners, udfc_loss=args.udfc_loss,
         udfc_requant=False if args.no_requant else None, udfc_check=False if args.no_udfc_check else None,
-        prune_step=args.prune_step, prune_global=args.prune_global or None,
+        prune_step=args.prune_step, prune_global=args.prune_global or None, prune_rank=args.prune_rank,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, bias_correction=False if args.no_bias_correction else None, seed=args.seed,
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,

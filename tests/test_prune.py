@@ -210,8 +210,8 @@ def digits_mlp(tmp_path_factory):
 def test_pairwise_dense_pruning_beats_l1_removal(digits_mlp):
     model, x, y = digits_mlp
     acc = lambda m: float((run(m, x).argmax(1) == y).mean())  # noqa: E731
-    paired, rep = prune(model, prune=0.5, criterion="paoding")
-    plain, _ = prune(model, prune=0.5, criterion="l1")
+    paired, rep = prune(model, prune=0.5, criterion="paoding", prune_rank="uniform")
+    plain, _ = prune(model, prune=0.5, criterion="l1", prune_rank="uniform")
     r = rep["passes"]["prune"]
     assert r["pairs_merged"] == 64 and r["pairwise_layers"] == 2
     hidden = {row["name"]: (row["channels_before"], row["channels_after"]) for row in r["layers"]}

@@ -178,7 +178,7 @@ def test_real_models_run_fully_fused_in_ort(name):
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] <= 1, ops
 
 
-def test_shortcut_pad_runs_on_the_quantized_tensor_bit_exactly():
+def test_shortcut_pad_runs_on_the_quantized_tensor_bit_exactly(monkeypatch):
     # the option-A shortcut (Slice + channel Pad) between two quantized tensors with the same parameters
     from dfc.api import optimize, optimize_with_report
 
@@ -191,11 +191,7 @@ def test_shortcut_pad_runs_on_the_quantized_tensor_bit_exactly():
     # the same graph with the Pads in float between DequantizeLinear/QuantizeLinear: same outputs, bit for bit
     from dfc.passes.quantize import Quantize
 
-    saved = Quantize._integer_pads
-    try:
-        Quantize._integer_pads = staticmethod(lambda graph: 0)
-        ref = optimize(m, **ctx_opts)
-    finally:
-        Quantize._integer_pads = saved
+    monkeypatch.setattr(Quantize, "_integer_pads", staticmethod(lambda graph: 0))
+    ref = optimize(m, **ctx_opts)
     x = rand((4, 3, 32, 32))
     np.testing.assert_array_equal(run(q, x), run(ref, x))
