@@ -245,6 +245,8 @@ class Inverter:
                 if it is not None:  # steps skipped by the early stop
                     for _ in range(steps - done):
                         next(it, None)
+            if tuple(x.shape[1:]) != self.shape:  # synthesized smaller, no refinement at full size
+                x = F.interpolate(x.detach(), size=list(self.shape[1:]), mode="bilinear", align_corners=False)
             out.append(x.detach().cpu().numpy())
         if bar is not None and hasattr(bar, "close"):
             bar.close()

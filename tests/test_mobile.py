@@ -112,6 +112,14 @@ def test_inverter_work_budget_shrinks_size_then_samples_for_costly_inputs():
     samples, steps, batch = inv.plan()
     assert samples % 32 == 0 and samples < MAX_SAMPLES and 100 <= steps <= MAX_STEPS and batch == samples
     assert Inverter(folded, ctx.bn_stats, None, InverterConfig(samples=40, steps=7)).plan() == (40, 7, 40)
+    inv.cfg = InverterConfig(samples=3, steps=2)
+    trace: dict = {}
+    x = inv.generate(progress=False, trace=trace)
+    assert x.shape == (3, 3, 64, 64)  # synthesized at 36², handed over at the input size
+    assert [p["shape"] for p in trace["phases"]] == [[3, 36, 36]]
+    inv.cfg = InverterConfig(samples=3, steps=2, refine_steps=1)
+    assert inv.generate(progress=False, trace=trace).shape == (3, 3, 64, 64)
+    assert [p["shape"] for p in trace["phases"]] == [[3, 36, 36], [3, 64, 64]] and trace["phases"][1]["steps"] == 1
 
 
 def test_notes_come_one_per_kind_with_counts():
