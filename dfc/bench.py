@@ -4,7 +4,10 @@
     python tools/bench.py --out bench-full                   # ResNet-20 and ResNet-56, the whole matrix
     python tools/bench.py --models resnet56 --configs 'w4a4-*,ort-*' --out DIR
 
-Each row: top-1 on the exact CIFAR-10 set, agreement with the fp32 model on the JPEG set, weight
+    python tools/bench.py --models efficientnet_lite0 --configs 'w8a8-*-p0-udfc,ort-u8-*' --out DIR
+
+Each row: top-1 on the model's labelled set (the exact CIFAR-10 set; EfficientNet-Lite0: the 500 ImageNet images),
+agreement with the fp32 model on the fidelity set (the JPEG CIFAR-10 set; Lite0: the same 500 images), weight
 params, nominal weight size (params × bit width), file size, MACs, ORT latency as a ratio to the fp32
 model (both sessions in this process, alternating runs, median), and the time the compression took.
 BNS samples are synthesized once per model and method and shared by every row that calibrates on
@@ -99,8 +102,17 @@ class ModelBench:
         fid_images = load_eval_data(spec.fidelity_data)[0]
         self.fid_images = fid_images
         self.x_fid = preprocess(fid_images[: settings.fidelity_samples], self.mean, self.std)
-        self.ref_acc, self.ref_fid = _logits(self.original, self.x_acc, self.x_fid)
+        # one set for both (EfficientNet-Lite0's 500 ImageNet images): run it once
+        self.one_set = spec.accuracy_data == spec.fidelity_data and settings.fidelity_samples is None
+        self.ref_acc, self.ref_fid = self.logits(self.original)
         self._calib: dict[str, tuple[np.ndarray, dict]] = {}
+
+    def logits(self, model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
+        """The model's logits on the accuracy set and on the fidelity set."""
+        if self.one_set:
+            acc = _logits(model, self.x_acc)[0]
+            return acc, acc
+        return tuple(_logits(model, self.x_acc, self.x_fid))
 
     def calibration(self, method: str) -> tuple[np.ndarray, dict]:
         """Data-free sets from `dfc.api.calibration_set` (as `optimize` makes them); `real`: the first images of the
@@ -151,7 +163,7 @@ class ModelBench:
         from dfc.validation import fidelity, top1
 
         summary = model_summary(model)
-        acc, fid_logits = (self.ref_acc, self.ref_fid) if cfg.kind == "reference" else _logits(model, self.x_acc, self.x_fid)
+        acc, fid_logits = (self.ref_acc, self.ref_fid) if cfg.kind == "reference" else self.logits(model)
         row = {
             "top1": top1(acc, self.labels),
             "accuracy_samples": int(len(self.labels)),
