@@ -15,7 +15,8 @@ QLinearGlobalAveragePool on x86):
 Bit widths 2-8: weights use the narrower symmetric range inside int8; activations below 8 bits get
 a Clip to the b-bit range in front of the QuantizeLinear. Both are accuracy simulation: ORT runs
 them with its 8-bit kernels (no extra size or speed gain; a Clip also stops the fusion).
-The first and last weighted layers (weights and input activations) use `first_last_bits`.
+The first and last weighted layers (weights and input activations) and the weights of depthwise convs use
+`first_last_bits`.
 """
 
 from __future__ import annotations
@@ -59,10 +60,18 @@ def _is_edge(n: gs.Node, weighted: list[gs.Node]) -> bool:
 
 def weight_bit_plan(graph: gs.Graph, wbits: int, first_last_bits: int, weighted: list[gs.Node] | None = None
                     ) -> dict[str, int]:
-    """Layer name -> weight bits: `first_last_bits` for the first and last quantizable layers, else
-    `wbits` (`weighted`: the graph's `quantizable_layers`, when the caller has them)."""
+    """Layer name -> weight bits: `first_last_bits` for the first and last quantizable layers and for depthwise convs,
+    else `wbits` (`weighted`: the graph's `quantizable_layers`, when the caller has them). A depthwise filter has
+    k·k weights (9 for 3×3): at 4 bits each channel gets 15 levels for 9 weights. EfficientNet-Lite0 W4A8 (BNS): top-1
+    65.6 with 4-bit depthwise filters, 76.8 with 8-bit ones, which are 4 % of its weights (README, mobile models)."""
     weighted = quantizable_layers(graph) if weighted is None else weighted
-    return {n.name: (first_last_bits if _is_edge(n, weighted) else wbits) for n in weighted}
+    return {n.name: (first_last_bits if _is_edge(n, weighted) or is_depthwise(n) else wbits) for n in weighted}
+
+
+def is_depthwise(n: gs.Node) -> bool:
+    """A Conv with one input channel per group and more than one group."""
+    w = ir.const_value(ir.input_at(n, 1))
+    return n.op == "Conv" and int(n.attrs.get("group", 1)) > 1 and w is not None and w.shape[1] == 1
 
 
 @register

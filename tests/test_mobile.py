@@ -141,3 +141,12 @@ def test_save_calib_is_refused_before_any_work(tmp_path):
     onnx.save(relu6_cnn(), src)
     assert main(["optimize", str(src), "-o", str(out), "--calib", "gaussian", "--save-calib", str(tmp_path / "c.npz"), "-q"]) == 2
     assert not out.exists()
+
+
+def test_depthwise_weights_keep_the_first_last_width():
+    from dfc.passes.quantize import weight_bit_plan
+    from dfc.pipeline import Context, PassManager
+    from dfc import ir
+
+    g = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(relu6_cnn(), Context()))
+    assert weight_bit_plan(g, 4, 8) == {"conv1": 8, "dw": 8, "project": 4, "fc": 8}
