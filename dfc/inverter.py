@@ -55,8 +55,6 @@ class InverterConfig:
     synthesis_macs: float | None = 1.3e8  # per-sample MACs the first phase aims at (None: always the input size)
     min_side: int = 32
     refine_steps: int = 0  # steps at the input size after a smaller synthesis size
-    stop_rel: float = 0.0  # early stop: J_KL improved by less than this fraction over the last `stop_window` steps
-    stop_window: int = 20
 
 
 @dataclass
@@ -182,7 +180,6 @@ class Inverter:
         self.shape = _input_shape(model)
         self.macs, self.stride, self.volume = _cost(model)
         self.last_jkl: float | None = None
-        self.history: list[float] = []  # the loss (J_KL where computed) of every step, all batches and phases
 
     def _clamp(self, x: torch.Tensor) -> None:
         if self.input_range is None:
@@ -209,9 +206,9 @@ class Inverter:
 
     def generate(self, progress: bool = True, trace: dict | None = None) -> np.ndarray:
         """The samples: per batch, Adam steps at the synthesis size (`synthesis_shape`), then, when that is below
-        the input size, the batch bilinearly upsampled and `refine_steps` more steps at full size. Each phase stops
-        early once J_KL has improved by less than `stop_rel` (relative) over its last `stop_window` steps.
-        `trace` (a dict) receives what was done: sizes, steps run per phase, J_KL at the end of each, seconds."""
+        the input size, the batch bilinearly upsampled (and `refine_steps` more steps at full size, when asked).
+        `trace` (a dict) receives what was done: samples, steps, sizes and steps run per phase, J_KL at the end of
+        each, seconds."""
         from dfc.progress import progress_bar
 
         cfg = self.cfg
@@ -225,7 +222,7 @@ class Inverter:
         total_steps = len(batches) * sum(st for _, st in phases)
         bar = progress_bar(range(total_steps), desc=f"{cfg.method} inverter", total=total_steps, unit="step") if progress else None
         it = iter(bar) if bar is not None else None
-        log = [{"shape": list(shp), "max_steps": st, "steps": 0, "seconds": 0.0, "j_kl": None} for shp, st in phases]
+        log = [{"shape": list(shp), "steps": 0, "seconds": 0.0, "j_kl": None} for shp, _ in phases]
         for b in batches:
             x = torch.randn((b,) + low, generator=gen).to(self.device)
             targets_cls = None
@@ -234,17 +231,14 @@ class Inverter:
                     with torch.no_grad():
                         n_classes = int(self.net(self._layout(x[:1]))[0][0].reshape(1, -1).shape[1])
                 targets_cls = torch.randint(0, n_classes, (b,), generator=gen).to(self.device)
-            for k, (shp, steps) in enumerate(phases):
+            for k, (shp, phase_steps) in enumerate(phases):
                 if tuple(x.shape[1:]) != shp:
                     x = F.interpolate(x.detach(), size=list(shp[1:]), mode="bilinear", align_corners=False)
                 t0 = time.perf_counter()
-                x, done = self._optimise(x, targets_cls, steps, gen, it, bar)
-                log[k]["steps"] += done
+                x = self._optimise(x, targets_cls, phase_steps, gen, it, bar)
+                log[k]["steps"] += phase_steps
                 log[k]["seconds"] += time.perf_counter() - t0
                 log[k]["j_kl"] = self.last_jkl
-                if it is not None:  # steps skipped by the early stop
-                    for _ in range(steps - done):
-                        next(it, None)
             if tuple(x.shape[1:]) != self.shape:  # synthesized smaller, no refinement at full size
                 x = F.interpolate(x.detach(), size=list(self.shape[1:]), mode="bilinear", align_corners=False)
             out.append(x.detach().cpu().numpy())
@@ -312,14 +306,13 @@ class Inverter:
         """channels-last for 4-D inputs: torch's CPU convolutions and the per-channel statistics run 1.5× faster."""
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
-    def _optimise(self, x: torch.Tensor, targets_cls, steps: int, gen: torch.Generator, it, bar) -> tuple[torch.Tensor, int]:
+    def _optimise(self, x: torch.Tensor, targets_cls, steps: int, gen: torch.Generator, it, bar) -> torch.Tensor:
+        """`steps` Adam steps on a copy of `x` (clamped to the input range after each)."""
         cfg = self.cfg
         x = x.detach().clone()
         self._clamp(x)
         x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=cfg.lr)
-        history: list[float] = []
-        done = 0
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             total, jkl = self.loss(x, targets_cls, gen)
@@ -330,17 +323,11 @@ class Inverter:
             opt.step()
             self._clamp(x)
             self.last_jkl = jkl
-            done += 1
             if it is not None:
                 next(it, None)
                 if hasattr(bar, "set_postfix_str"):
                     bar.set_postfix_str(f"J_KL {jkl:.3f}" if jkl == jkl else f"loss {float(total.detach()):.3f}", refresh=False)
-            history.append(jkl if jkl == jkl else float(total.detach()))
-            self.history.append(history[-1])
-            w = cfg.stop_window
-            if cfg.stop_rel > 0 and len(history) > w and history[-1] > (1 - cfg.stop_rel) * min(history[:-w]):
-                break
-        return x, done
+        return x
 
 
 def _cost(model: onnx.ModelProto) -> tuple[int, int, int]:
@@ -348,8 +335,7 @@ def _cost(model: onnx.ModelProto) -> tuple[int, int, int]:
     per sample: the sum of the weighted layers' output sizes) of the model at its input size."""
     from dfc.stats import layer_stats
 
-    rows = layer_stats(model)
-    shape = _input_shape(model)
+    rows, shape = layer_stats(model), _input_shape(model)
     heights = [r.output_shape[2] for r in rows if r.op == "Conv" and len(r.output_shape) == 4
                and isinstance(r.output_shape[2], int)]
     stride = max(1, shape[1] // min(heights)) if heights and len(shape) == 3 else 1

@@ -102,7 +102,7 @@ def _inverter_lines(passes: dict) -> list[str]:
     out = []
     syn = passes.get("synthesize")
     if syn and syn.get("phases"):
-        parts = [f"{p['steps']}/{p['max_steps']} steps at {'x'.join(map(str, p['shape']))} "
+        parts = [f"{p['steps']} steps at {'x'.join(map(str, p['shape']))} "
                  f"({p['seconds']:.0f} s, J_KL {p['j_kl']})" for p in syn["phases"]]
         out.append(f"inverter: {syn['method']}, {syn['samples']} samples in batches of {syn['batch']} on {syn['device']}: "
                    + ", then ".join(parts))
