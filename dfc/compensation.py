@@ -346,10 +346,11 @@ def round_sig(v) -> float:
     return float(f"{float(v):.6g}")
 
 
-def removal_errors(model: FamilyModel, partners: str, compensable: bool) -> np.ndarray:
+def removal_errors(model: FamilyModel, partners: str, compensable: bool) -> tuple[np.ndarray, np.ndarray]:
     """Predicted error at the consumers of removing each group alone (the `udfc` pruning criterion):
     ‖W2[:, n]‖² · E‖a_n − â_n‖², â_n the UDFC rebuild of a_n from the family's other groups (NNLS or
-    the best single partner; nothing when the group is not compensable, so E‖a_n‖²)."""
+    the best single partner; nothing when the group is not compensable, so E‖a_n‖²), and the plain removal error
+    ‖W2[:, n]‖² · E‖a_n‖² beside it (one computation of the Gram matrices for both)."""
     idx = list(range(len(model.groups)))
     cross, source, target = model.grams(idx, idx)
     err = np.array(target, dtype=np.float64)
@@ -362,7 +363,8 @@ def removal_errors(model: FamilyModel, partners: str, compensable: bool) -> np.n
             s, loss = udfc.scales_from_gram(cross, np.diag(source), target)
             np.fill_diagonal(s, 0.0)
             err = np.where(s > 0, loss, target[:, None]).min(1)
-    return err * consumer_norms(model.groups, model.editor)
+    norms = consumer_norms(model.groups, model.editor)
+    return err * norms, np.asarray(target, np.float64) * norms
 
 
 def consumer_norms(groups: list[Group], editor: WeightEditor) -> np.ndarray:

@@ -302,8 +302,8 @@ class Prune(Pass):
             err = second - mean ** 2 if o["compensate"] != "none" else second
             return relative(err * norms, second * norms)
         model = FamilyModel(groups, analysis, WeightEditor(), o["loss"], float(o["alpha_p"]), ctx.bn_stats, ctx.seed)
-        err = removal_errors(model, o["partners"], o["compensate"] != "none" and rescalable)
-        return relative(err, removal_errors(model, o["partners"], False))
+        err, plain = removal_errors(model, o["partners"], o["compensate"] != "none" and rescalable)
+        return relative(err, plain)
 
     def _targets(self, families: dict, n0: Counter, removed: Counter, r: float, score) -> dict:
         """How many groups each family loses in this step (each keeps at least one)."""
