@@ -179,6 +179,7 @@ class Inverter:
         self.input_range = input_range
         self.shape = _input_shape(model)
         self.macs, self.stride, self.volume = _cost(model)
+        self._synthesis_shapes: dict[tuple, tuple[int, ...]] = {}
         self.last_jkl: float | None = None
 
     def _clamp(self, x: torch.Tensor) -> None:
@@ -280,6 +281,12 @@ class Inverter:
         pixel count), each side a multiple of the model's total stride and at least `min_side`; or the shorter side
         scaled to `size` when given. Only where the graph runs at that size (convolutions and global pooling);
         otherwise the input shape."""
+        key = (self.cfg.size, self.cfg.synthesis_macs, self.macs)
+        if key not in self._synthesis_shapes:  # plan() and generate() both ask; the size check runs the graph
+            self._synthesis_shapes[key] = self._smaller_shape()
+        return self._synthesis_shapes[key]
+
+    def _smaller_shape(self) -> tuple[int, ...]:
         cfg, shape = self.cfg, self.shape
         if len(shape) != 3:
             return shape

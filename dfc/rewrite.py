@@ -55,7 +55,8 @@ def _bypass_noop(graph: gs.Graph, node: gs.Node) -> bool:
     if node.op == "Dropout":
         if len([o for o in node.outputs if o.outputs or ir.is_graph_output(graph, o)]) > 1:
             return False
-        del node.outputs[1:]
+        while len(node.outputs) > 1:  # graphsurgeon's lists take no slice deletion
+            node.outputs.pop()
     if ir.is_graph_output(graph, node.inputs[0]) and ir.is_graph_output(graph, node.outputs[0]):
         return False
     ir.bypass_node(graph, node)

@@ -133,3 +133,12 @@ def test_efficientnet_lite0_becomes_a_clean_graph_with_its_macs():
     np.testing.assert_allclose(run(c, x), run(m, x), atol=1e-4)
     # shape inference now gets through the exporter's Pad arithmetic: 385 M MACs (was 1.28 M: only the classifier)
     assert 3.8e8 < model_summary(m)["macs"] == model_summary(c)["macs"] < 3.9e8
+
+
+def test_dropout_with_an_unused_mask_output_is_removed():
+    nodes = [helper.make_node("Dropout", ["x"], ["d", "mask"]), helper.make_node("Relu", ["d"], ["y"])]
+    m = make_model(nodes, [("x", ["N", 4])], [("y", ["N", 4])], {})
+    c = PassManager(["cleanup"]).run(m)
+    assert _ops(c) == {"Relu": 1}
+    x = rand((2, 4))
+    np.testing.assert_allclose(run(c, x), run(m, x), atol=1e-6)
