@@ -17,6 +17,7 @@ from dfc.errors import DfcError
 from dfc.modelio import as_model, check_model
 from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
 from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
+from dfc.finetune import METHODS as FINETUNE_METHODS
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
 
 DEFAULTS: dict[str, Any] = {
@@ -53,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "input_mean": None,
     "input_std": None,
+    "finetune": None,  # kd | blocks: train the compressed graph against the float one on the samples (dfc.finetune)
+    "finetune_steps": None,  # None: from the fine-tuning work budget (kd: total steps; blocks: per block)
+    "finetune_batch": 32,
+    "finetune_lr": None,  # None: the method's default
     "debug": False,
     "measure": True,  # fidelity probe + latency in the report
     "probe_samples": 64,
@@ -91,6 +96,15 @@ def resolve_options(options: dict) -> dict:
             f"--first-last-bits {o['first_last_bits']} is below the body's width (W{o['wbits']}A{o['abits']}); "
             "the first and last layers are the most sensitive"
         )
+    if o["finetune"] is not None and o["finetune"] not in FINETUNE_METHODS:
+        raise DfcError(f"--finetune must be one of {', '.join(FINETUNE_METHODS)}, got {o['finetune']!r}")
+    for key in ("finetune_batch",):
+        if not isinstance(o[key], (int, np.integer)) or int(o[key]) < 1:
+            raise DfcError(f"--{key.replace('_', '-')} must be an integer >= 1, got {o[key]!r}")
+    if o["finetune_steps"] is not None and (not isinstance(o["finetune_steps"], (int, np.integer)) or int(o["finetune_steps"]) < 0):
+        raise DfcError(f"--finetune-steps must be an integer >= 0, got {o['finetune_steps']!r}")
+    if o["finetune_lr"] is not None and (not isinstance(o["finetune_lr"], (int, float)) or not 0 < float(o["finetune_lr"]) < float("inf")):
+        raise DfcError(f"--finetune-lr must be a positive number, got {o['finetune_lr']!r}")
     if o["calib"] is not None:
         calibration.check_method(o["calib"])
     if o["calibrator"] not in calibration.CALIBRATORS:
@@ -126,9 +140,12 @@ def _synthesize_pass(o: dict, method: str, fallback: bool = False):
 
 def build_passes(o: dict, ctx: Context) -> list:
     quantizing, compensating = not o["no_quant"], o["compensate"] != "none"
+    tuning = o["finetune"] is not None
     passes = [get_pass("cleanup"), get_pass("fold-bn")]
+    if tuning:
+        passes.append(get_pass("snapshot", key="teacher"))
     calib = None
-    if quantizing and o["calib_data"] is None:
+    if (quantizing or tuning) and o["calib_data"] is None:
         calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
         if o["calib"] is None and calib == "gaussian":
             ctx.note("no BatchNorm statistics: calibrating on Gaussian noise (the BNS inverter needs them)")
@@ -144,6 +161,8 @@ def build_passes(o: dict, ctx: Context) -> list:
         passes.append(get_pass("udfc-requant", wbits=o["wbits"], first_last_bits=o["first_last_bits"],
                                alpha_q=float(o["alpha_q"])))
     if quantizing:
+        if tuning:
+            passes.append(get_pass("snapshot", key="float"))
         passes.append(
             get_pass(
                 "quantize", wbits=o["wbits"], abits=o["abits"], first_last_bits=o["first_last_bits"],
@@ -151,6 +170,10 @@ def build_passes(o: dict, ctx: Context) -> list:
                 bias_correction=bool(o["bias_correction"]),
             )
         )
+    if tuning:
+        passes.append(get_pass("finetune", method=o["finetune"], steps=o["finetune_steps"], batch=int(o["finetune_batch"]),
+                               lr=o["finetune_lr"], seed=int(o["seed"]), device=o["device"], samples=o["calib_data"],
+                               gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES)))
     return passes
 
 
@@ -240,8 +263,8 @@ def _check_save_calib(o: dict, ctx: Context) -> None:
     if not path:
         return
     method = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
-    if o["no_quant"] or o["calib_data"] is not None or method == "gaussian":
-        why = "--no-quant" if o["no_quant"] else "--calib-data" if o["calib_data"] is not None else (
+    if (o["no_quant"] and o["finetune"] is None) or o["calib_data"] is not None or method == "gaussian":
+        why = "--no-quant" if o["no_quant"] and o["finetune"] is None else "--calib-data" if o["calib_data"] is not None else (
             "--calib gaussian" if o["calib"] else "the model has no BatchNorm statistics, so calibration uses Gaussian noise")
         raise DfcError(f"--save-calib {path}: this run synthesizes no calibration samples ({why})")
     folder = os.path.dirname(os.path.abspath(str(path)))

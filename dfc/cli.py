@@ -91,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BNS inverter: steps at full size after a smaller synthesis size (default 0)")
     o.add_argument("--inverter-lr", type=float, help="BNS inverter: Adam learning rate (default 0.1)")
     o.add_argument("--inverter-copies", type=int, help="BNS inverter: augmented copies per sample and step (default 1)")
-    o.add_argument("--device", help="BNS inverter device, e.g. cpu or cuda (default: cuda when available)")
+    o.add_argument("--finetune", choices=["kd", "blocks"],
+                   help="train the compressed model against the float one on the synthetic samples: kd (knowledge "
+                        "distillation, The Knowledge Within Alg. 2) or blocks (block-wise reconstruction, BRECQ/AdaRound)")
+    o.add_argument("--finetune-steps", type=int, help="fine-tuning steps (kd: in all; blocks: per block; default: "
+                                                      "from the fine-tuning work budget)")
+    o.add_argument("--finetune-batch", type=int, help="fine-tuning batch size (default 32)")
+    o.add_argument("--finetune-lr", type=float, help="fine-tuning Adam learning rate (default: kd 1e-4, blocks 1e-2)")
+    o.add_argument("--device", help="BNS inverter and fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     o.add_argument("--input-mean", help="per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406")
     o.add_argument("--input-std", help="per-channel std of the input normalisation")
@@ -170,9 +177,10 @@ def cmd_optimize(args) -> int:
     src, dst = Path(args.input), Path(args.output)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not args.force:
         raise DfcError(f"-o {dst} is the input file; refusing to overwrite it (use --force)")
-    if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits, args.calib,
-                                                       args.calib_data, args.save_calib)):
-        raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits/--calib/--calib-data/--save-calib")
+    if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits)):
+        raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits")
+    if args.no_quant and not args.finetune and any(v is not None for v in (args.calib, args.calib_data, args.save_calib)):
+        raise DfcError("--no-quant without --finetune uses no samples: --calib/--calib-data/--save-calib do not apply")
     if args.calib_data and args.calib:
         raise DfcError("--calib-data and --calib are exclusive (the data replaces the generator)")
     progress.set_enabled(not args.quiet)
@@ -190,7 +198,8 @@ def cmd_optimize(args) -> int:
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,
         inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
         inverter_size=args.inverter_size, inverter_refine_steps=args.inverter_refine_steps,
-        device=args.device, input_mean=mean, input_std=std,
+        finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_batch=args.finetune_batch,
+        finetune_lr=args.finetune_lr, device=args.device, input_mean=mean, input_std=std,
         debug=args.debug, measure=not args.no_measure,
     )
     report["input"], report["output"] = str(src), str(dst)

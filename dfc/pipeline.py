@@ -64,6 +64,7 @@ class Context:
     calibration: np.ndarray | None = None  # synthetic calibration inputs (`synthesize`), for `quantize`
     calibration_source: str = ""
     calibration_fallback: bool = False  # `synthesize` could not run the model: `quantize` calibrates on Gaussian noise
+    snapshots: dict[str, onnx.ModelProto] = field(default_factory=dict)  # graphs kept by the `snapshot` pass
     logger: logging.Logger = field(default_factory=lambda: log)
 
     def note(self, text: str) -> None:

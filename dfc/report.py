@@ -106,6 +106,12 @@ def _inverter_lines(passes: dict) -> list[str]:
                  f"({p['seconds']:.0f} s, J_KL {p['j_kl']})" for p in syn["phases"]]
         out.append(f"inverter: {syn['method']}, {syn['samples']} samples in batches of {syn['batch']} on {syn['device']}: "
                    + ", then ".join(parts))
+    ft = passes.get("finetune")
+    if ft and "kl_before" in ft:
+        out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
+                   f"({ft['blocks']} blocks) on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
+                   f"{ft['batch']}, lr {ft['lr']:g}, {ft['device']}: output KL to the float model on the samples "
+                   f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}")
     timed = [(name, r["seconds"]) for name, r in passes.items() if isinstance(r, dict) and "seconds" in r]
     if timed:
         out.append("time per pass: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timed))

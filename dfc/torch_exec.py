@@ -6,7 +6,12 @@ ONNX Runtime (the onnx2torch package mis-converts the option-A shortcut of the C
 nothing is assumed). Ops: Conv (grouped/depthwise), BatchNormalization (inference), Relu, Clip,
 LeakyRelu, Sigmoid, HardSigmoid, HardSwish, Add, Mul, Sub, Div, Gemm, MatMul, Pad, Slice, Concat,
 Reshape, Flatten, Transpose, Squeeze, Unsqueeze, GlobalAveragePool, AveragePool, MaxPool,
-ReduceMean, Softmax, Identity, Dropout, Constant. Any other op is a DfcError naming the node.
+ReduceMean, Softmax, Identity, Dropout, Constant, QuantizeLinear, DequantizeLinear. Any other op is a DfcError naming
+the node.
+
+QuantizeLinear gives its integer codes as float values (the rounding passes gradients straight through, the
+saturation does not), so a QDQ graph runs with gradients to its input and to whatever `provide`s its weights
+(`dfc.student`). `run` executes a contiguous range of the (topologically sorted) nodes from given tensors: a block.
 """
 
 from __future__ import annotations
@@ -59,11 +64,18 @@ class TorchGraph(torch.nn.Module):
     def const(self, name: str) -> torch.Tensor:
         return getattr(self, self._const_names[name])
 
+    def provided(self) -> dict[str, torch.Tensor]:
+        """Tensors computed outside the node list (a subclass's trainable weights); none here."""
+        return {}
+
     def forward(self, *inputs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        env: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs))
-        for name in self._const_names:
-            env[name] = self.const(name)
-        for n in self.nodes:
+        env = self.run(dict(zip(self.input_names, inputs)))
+        return [env[o] for o in self.output_names], {w: env[w] for w in self.watch}
+
+    def run(self, env: dict[str, torch.Tensor], start: int = 0, stop: int | None = None) -> dict[str, torch.Tensor]:
+        """Nodes start..stop-1 on `env` (tensor name -> value, completed with the constants); returns env."""
+        env = {**{name: self.const(name) for name in self._const_names}, **self.provided(), **env}
+        for n in self.nodes[start:stop]:
             args = [env[t.name] if t is not None and t.name else None for t in n.inputs]
             try:
                 outs = _OPS[n.op](self, n, args)
@@ -75,7 +87,7 @@ class TorchGraph(torch.nn.Module):
                 outs = [outs]
             for t, v in zip(n.outputs, outs):
                 env[t.name] = v
-        return [env[o] for o in self.output_names], {w: env[w] for w in self.watch}
+        return env
 
 
 # ------------------------------------------------------------------ ops
@@ -248,6 +260,46 @@ def _softmax(m, n, a):
     return torch.softmax(a[0], dim=axis)
 
 
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) (half to even, as QuantizeLinear) with the identity's gradient (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _code_range(zp: torch.Tensor) -> tuple[float, float]:
+    if zp.dtype == torch.uint8:
+        return 0.0, 255.0
+    if zp.dtype == torch.int8:
+        return -128.0, 127.0
+    return -2.0**31, 2.0**31 - 1
+
+
+def _per_axis(v: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """A scale / zero point shaped to broadcast along `axis` of x (per-tensor values unchanged)."""
+    if v.dim() == 0 or v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = -1
+    return v.reshape(shape)
+
+
+def _quantize_linear(m, n, a):
+    """clamp(round(x/s) + zp) as float codes; gradient straight through the rounding, zero where saturated."""
+    x, s = a[0], a[1]
+    zp = a[2] if len(a) > 2 and a[2] is not None else torch.zeros((), dtype=torch.uint8)
+    axis = int(n.attrs.get("axis", 1))
+    lo, hi = _code_range(zp)
+    return torch.clamp(round_ste(x / _per_axis(s, x, axis)) + _per_axis(zp, x, axis).float(), lo, hi)
+
+
+def _dequantize_linear(m, n, a):
+    x, s = a[0].float(), a[1]
+    zp = a[2] if len(a) > 2 and a[2] is not None else None
+    axis = int(n.attrs.get("axis", 1))
+    if zp is not None:
+        x = x - _per_axis(zp, x, axis).float()
+    return x * _per_axis(s, x, axis)
+
+
 def _constant(m, n, a):
     v = n.attrs["value"]
     arr = np.asarray(v.values if hasattr(v, "values") else v)
@@ -285,5 +337,7 @@ _OPS = {
     "Identity": lambda m, n, a: a[0],
     "Dropout": lambda m, n, a: a[0],
     "Constant": _constant,
+    "QuantizeLinear": _quantize_linear,
+    "DequantizeLinear": _dequantize_linear,
 }
 SUPPORTED_OPS = tuple(sorted(_OPS))

@@ -83,6 +83,8 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
         (["--abits", "1"], "--abits must be an integer bit width in 2..8"),
         (["--wbits", "8", "--first-last-bits", "6"], "below the body's width"),
         (["--no-quant", "--wbits", "4"], "--no-quant conflicts"),
+        (["--no-quant", "--calib", "bns"], "--no-quant without --finetune uses no samples"),
+        (["--finetune", "kd", "--finetune-steps", "-1"], "--finetune-steps must be an integer >= 0"),
         (["--input-mean", "0.5,0.5", "--input-std", "0.5,0.5"], "the model input has 1 channels"),
         (["--input-mean", "a"], "--input-mean: expected comma-separated numbers"),
     ],

@@ -1,0 +1,73 @@
+"""`snapshot` and `finetune`: training the compressed graph against the float graph on the synthetic samples.
+
+`snapshot` keeps a copy of the graph as it is at that point of the pipeline (`ctx.snapshots[key]`): `dfc optimize
+--finetune` takes one after `fold-bn` (the teacher: the unpruned float graph) and one before `quantize` (the float
+weights the codes are rounded from). `finetune` (dfc.finetune) trains the current graph, QDQ or float, towards the
+teacher on `ctx.calibration` and writes the weights back into the same graph form. Lossy; reports the output KL
+divergence to the teacher on the samples before and after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+
+import onnx_graphsurgeon as gs
+
+from dfc import ir
+from dfc.errors import DfcError
+from dfc.finetune import FinetuneConfig, finetune
+from dfc.pipeline import Context, Pass, register
+
+
+@register
+class Snapshot(Pass):
+    name = "snapshot"
+
+    @classmethod
+    def default_options(cls):
+        return {"key": "teacher"}
+
+    def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
+        ctx.snapshots[self.options["key"]] = ir.export_model(graph)
+        return graph
+
+
+@register
+class Finetune(Pass):
+    name = "finetune"
+
+    @classmethod
+    def default_options(cls):
+        # samples: the inputs to train on when the run synthesized none (user calibration data); else ctx.calibration,
+        # and Gaussian noise (with a note) when there is neither
+        return {**asdict(FinetuneConfig()), "teacher": "teacher", "float": "float", "samples": None,
+                "gaussian_samples": 256}
+
+    def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
+        from dfc.stats import model_summary
+
+        o = self.options
+        teacher = ctx.snapshots.get(o["teacher"])
+        if teacher is None:
+            raise DfcError(f"finetune: no teacher graph; run the `snapshot` pass (key {o['teacher']!r}) before pruning")
+        x, source = self._samples(graph, ctx)
+        cfg = FinetuneConfig(**{f.name: o[f.name] for f in fields(FinetuneConfig)})
+        model = ir.export_model(graph)
+        macs = float(model_summary(model).get("macs") or 0)
+        tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]), macs_per_sample=macs)
+        info["samples_source"] = source
+        ctx.results["finetune"] = info
+        return ir.import_graph(tuned)
+
+    def _samples(self, graph: gs.Graph, ctx: Context):
+        from dfc import calibration
+
+        if self.options["samples"] is not None:
+            return self.options["samples"], "user data"
+        if ctx.calibration is not None:
+            return ctx.calibration, ctx.calibration_source
+        ctx.note("finetune: no synthesized samples (no BatchNorm statistics or --calib gaussian): training on "
+                 "Gaussian noise, which carries little of the data's structure")
+        _, shape = calibration.input_spec(graph)
+        return calibration.gaussian_samples(shape, int(self.options["gaussian_samples"]), ctx.rng(salt=1),
+                                            ctx.sample_range()), "gaussian"

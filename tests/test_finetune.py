@@ -1,0 +1,122 @@
+"""Fine-tuning (dfc.student, dfc.finetune, the `finetune` pass): the student is the QDQ graph exactly, the way back
+is lossless, training lowers the loss, and a seed fixes the bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEMO, conv_bn_relu_cnn, rand, run
+
+import dfc.api as api
+from dfc.errors import DfcError
+from dfc.finetune import FinetuneConfig, blocks_of, finetune
+from dfc.modelio import load_model
+from dfc.pipeline import Context, PassManager
+from dfc.student import Student, float_weights_of
+
+# without udfc-requant the float graph before `quantize` is the teacher, whose weights the codes come from
+RESIDUAL_QDQ_OPTS = dict(wbits=4, abits=4, calib="gaussian", measure=False, udfc_requant=False)
+
+
+@pytest.fixture(scope="module")
+def residual():
+    """The residual toy CNN, its BN-folded float graph (teacher) and a W4A4 QDQ graph of it."""
+    model = conv_bn_relu_cnn()
+    teacher = PassManager(["cleanup", "fold-bn"]).run(model, Context())
+    qdq = api.optimize(model, **RESIDUAL_QDQ_OPTS)
+    return model, teacher, qdq
+
+
+@pytest.fixture(scope="module")
+def demo_w2a4():
+    """The demo digits CNN at W2A4 (first/last 4): far enough from its float teacher that training must show."""
+    model = load_model(DEMO)
+    teacher = PassManager(["cleanup", "fold-bn"]).run(model, Context())
+    return model, teacher, api.optimize(model, wbits=2, abits=4, first_last_bits=4, calib="gaussian", measure=False,
+                                        udfc_requant=False)
+
+
+def _student_out(student, x):
+    with torch.no_grad():
+        return student(torch.from_numpy(x))[0][0].numpy()
+
+
+@pytest.mark.parametrize("rounding", ["ste", "adaround"])
+def test_student_reproduces_the_qdq_graph_in_ort(residual, rounding):
+    _, teacher, qdq = residual
+    x = rand((16, 3, 8, 8), seed=3)
+    student = Student(qdq, float_weights_of(teacher), rounding=rounding)
+    assert len(student.tensors) == 6  # 3 layers: weight + bias each
+    assert sum(getattr(m, "learn_rounding", False) for m in student.tensors.values()) == (3 if rounding == "adaround" else 0)
+    assert np.abs(_student_out(student, x) - run(qdq, x)).max() <= 1e-4
+
+
+def test_student_reproduces_the_w8a8_demo_model(digits_test):
+    qdq = api.optimize(load_model(DEMO), calib="gaussian", measure=False)
+    x = digits_test[0][:64]
+    assert np.abs(_student_out(Student(qdq), x) - run(qdq, x)).max() <= 1e-4
+
+
+def test_zero_steps_export_is_byte_identical(residual):
+    _, teacher, qdq = residual
+    x = rand((32, 3, 8, 8), seed=4)
+    for method in ("kd", "blocks"):
+        out, info = finetune(qdq, teacher, x, FinetuneConfig(method=method, steps=0), float_model=teacher)
+        assert out.SerializeToString() == qdq.SerializeToString() and info["steps"] == 0
+
+
+def test_blocks_follow_the_residual_structure(residual):
+    _, teacher, qdq = residual
+    blocks = blocks_of(Student(qdq), teacher)
+    # conv1 -> r1 (a cut: the residual block reads only r1); conv2 + Add (conv2's output alone is no cut, the skip
+    # keeps r1 alive); fc. Each block compares its quantized output with the teacher's ReLU output (fused in QDQ).
+    assert [b.layers for b in blocks] == [["conv1"], ["conv2"], ["fc"]]
+    assert [b.target for b in blocks] == ["r1", "r2", "y"] and blocks[0].input == "x" and blocks[1].input == blocks[0].output
+
+
+@pytest.mark.parametrize("method", ["kd", "blocks"])
+def test_finetuning_lowers_the_loss_and_stays_a_fused_qdq_graph(demo_w2a4, method):
+    _, teacher, qdq = demo_w2a4
+    x = rand((128, 1, 8, 8), seed=5)
+    cfg = FinetuneConfig(method=method, steps=60, batch=16, lr=1e-3 if method == "kd" else None)
+    out, info = finetune(qdq, teacher, x, cfg, float_model=teacher)
+    assert info["kl_after"] < 0.5 * info["kl_before"]
+    ops = sorted(n.op_type for n in out.graph.node)
+    assert ops == sorted(n.op_type for n in qdq.graph.node)
+    changed = [a.name for a, b in zip(out.graph.initializer, qdq.graph.initializer) if a.SerializeToString() != b.SerializeToString()]
+    assert changed and all(a.data_type == b.data_type for a, b in zip(out.graph.initializer, qdq.graph.initializer))
+    assert np.abs(run(out, x) - _student_out(Student(out), x)).max() <= 1e-4  # exported codes = the trained student
+
+
+def test_same_seed_same_bytes(demo_w2a4):
+    model = demo_w2a4[0]
+    opts = dict(wbits=2, abits=4, first_last_bits=4, calib="gaussian", measure=False, finetune="kd", finetune_steps=20,
+                finetune_batch=8, finetune_lr=1e-3)
+    a, b = api.optimize(model, **opts), api.optimize(model, **opts)
+    assert a.SerializeToString() == b.SerializeToString()
+    c = api.optimize(model, **{**opts, "seed": 1})
+    assert c.SerializeToString() != a.SerializeToString()
+
+
+@pytest.mark.parametrize("method", ["kd", "blocks"])
+def test_float_student_after_pruning(demo_w2a4, digits_test, method):
+    """--no-quant: the pruned float graph is the student, the unpruned one the teacher (here on unlabelled digits)."""
+    model = demo_w2a4[0]
+    opts = dict(prune=0.5, no_quant=True, calib_data=digits_test[0][:256], measure=False, finetune=method,
+                finetune_steps=60)
+    out, rep = api.optimize_with_report(model, **opts)
+    ft = rep["passes"]["finetune"]
+    assert rep["after"]["weight_params"] < rep["before"]["weight_params"]
+    assert ft["kl_after"] < ft["kl_before"] and not any(n.op_type == "QuantizeLinear" for n in out.graph.node)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (dict(finetune="sgd"), "--finetune must be one of"),
+    (dict(finetune="kd", finetune_steps=-1), "--finetune-steps"),
+    (dict(finetune="kd", finetune_batch=0), "--finetune-batch"),
+    (dict(finetune="kd", finetune_lr=0.0), "--finetune-lr"),
+])
+def test_bad_options_are_named(residual, bad, msg):
+    with pytest.raises(DfcError, match=msg):
+        api.optimize(residual[0], **bad)
