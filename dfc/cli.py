@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from dfc import __version__
 from dfc.errors import DfcError
 
@@ -113,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mean", help="per-channel mean (default: the model's dfc metadata)")
     e.add_argument("--std", help="per-channel std (default: the model's dfc metadata)")
     e.add_argument("--reference", help="reference model (e.g. the fp32 original) for agreement and KL")
+    e.add_argument("--fgsm", help="also top-1 under FGSM at these ε in pixel units, e.g. 1/255,2/255,8/255 (with "
+                                  "--reference: the reference's own, the transfer case and the robust-accuracy ratio)")
     e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     e.add_argument("--debug", action="store_true")
 
@@ -122,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mean", help="per-channel mean for `images` (default: the model's dfc metadata)")
     b.add_argument("--std", help="per-channel std for `images`")
     b.add_argument("--batch", type=int, default=256, help="J_KL is the mean over batches of this size (default 256)")
+    b.add_argument("--fgsm", help="score the FGSM-perturbed set at these ε in pixel units, e.g. 8/255 (labels from the "
+                                  "data's `labels`, else the model's own predictions; needs the normalisation)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--debug", action="store_true")
 
@@ -218,6 +224,10 @@ def cmd_eval(args) -> int:
     from dfc.validation import (check_input_shape, check_normalisation, fidelity, load_eval_data, logits_of,
                                 parse_floats, preprocess, top1)
 
+    if args.fgsm:
+        from dfc.adversarial import parse_eps
+
+        parse_eps(args.fgsm)  # a bad ε fails before any work
     model = load_model(args.model)
     images, labels = load_eval_data(args.data)
     mean, std = parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
@@ -241,6 +251,17 @@ def cmd_eval(args) -> int:
     if args.reference:
         lines.append(f"reference top-1: {100 * result['reference_top1']:.2f} %")
         lines.append(f"agreement with reference: {100 * result['agreement']:.2f} %  mean KL: {result['mean_kl']:.5f}")
+    if args.fgsm:
+        from dfc.adversarial import fgsm_eval, parse_eps
+
+        result.update(fgsm_eval(model, x, labels, parse_eps(args.fgsm), mean, std, ref if args.reference else None))
+        for r in result["fgsm"]:
+            line = f"FGSM eps {r['eps_255']:g}/255: top-1 {100 * r['top1']:.2f} %"
+            if args.reference:
+                ratio = "n/a" if r["robust_ratio"] is None else f"{r['robust_ratio']:.3f}"
+                line += (f"  (reference {100 * r['reference_top1']:.2f} %, ratio {ratio}; "
+                         f"reference's adversarial inputs: {100 * r['transfer_top1']:.2f} %)")
+            lines.append(line)
     print("\n".join(lines))
     if args.json:
         print(json.dumps(result))
@@ -254,6 +275,9 @@ def cmd_bns_score(args) -> int:
     from dfc.pipeline import PassManager, context_from_model
     from dfc.validation import check_input_shape, parse_floats
 
+    from dfc.adversarial import parse_eps
+
+    eps_list = parse_eps(args.fgsm) if args.fgsm else None
     model = load_model(args.model)
     ctx = context_from_model(model)
     mean, std = parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
@@ -268,9 +292,28 @@ def cmd_bns_score(args) -> int:
     result = {"model": args.model, "data": args.data, "n": int(len(x)), "batch": args.batch, "j_kl": value,
               "bn_layers": len(ctx.bn_stats)}
     print(f"J_KL {value:.5f} ({len(x)} samples, batches of {args.batch}, {len(ctx.bn_stats)} BN layers + the input)")
+    if eps_list:
+        from dfc.adversarial import fgsm, input_gradients
+        from dfc.validation import logits_of
+
+        if mean is None or std is None:
+            raise DfcError("--fgsm needs the input normalisation (--mean/--std or the model's dfc metadata)")
+        labels = _labels_of(args.data)
+        labels = logits_of(folded, x).argmax(1) if labels is None or len(labels) != len(x) else labels
+        grad = input_gradients(folded, x, labels)
+        result["fgsm"] = []
+        for eps in eps_list:
+            v = score(folded, ctx.bn_stats, fgsm(x, grad, eps, mean, std), batch=args.batch)
+            result["fgsm"].append({"eps": eps, "eps_255": round(eps * 255, 3), "j_kl": v})
+            print(f"J_KL under FGSM eps {eps * 255:g}/255: {v:.5f}")
     if args.json:
         print(json.dumps(result))
     return EXIT_OK
+
+
+def _labels_of(path) -> np.ndarray | None:
+    with np.load(path) as d:
+        return np.asarray(d["labels"]) if "labels" in d else None
 
 
 def cmd_inspect(args) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO
-from dfc.bench_matrix import full_matrix, parse_config, select
+from dfc.bench.matrix import full_matrix, parse_config, select
 from dfc.errors import DfcError
 
 FAST = {"calib_samples": 32, "inverter_steps": 10}

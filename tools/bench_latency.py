@@ -7,7 +7,7 @@ Models, all timed in one process with alternating runs (median per model):
 - fp32: the input model as given;
 - dfc W8A8: the model given with --dfc (e.g. the output of a default `dfc optimize`), else `dfc.optimize` with
   Gaussian calibration (calibration does not change the graph's form, so neither the latency);
-- ORT `quant_pre_process` + `quantize_static` (`dfc.baselines`), QDQ, per-channel int8 weights, uint8 activations;
+- ORT `quant_pre_process` + `quantize_static` (`dfc.bench.baselines`), QDQ, per-channel int8 weights, uint8 activations;
 - the same with ORT's default activation type (int8).
 ORT's quantizer is calibrated on Gaussian noise; calibration does not change latency.
 """
@@ -25,7 +25,7 @@ def main() -> None:
     import logging
 
     from dfc.api import optimize
-    from dfc.baselines import ort_quantize_static
+    from dfc.bench.baselines import ort_quantize_static
     from dfc.calibration import gaussian_samples
     from dfc.latency import add_timing_arguments, median_latencies
     from dfc.modelio import load_model

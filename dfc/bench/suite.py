@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from dfc.bench_matrix import Config, select
+from dfc.bench.matrix import Config, select
 from dfc.errors import DfcError
 
 CIFAR_MEAN, CIFAR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -143,7 +143,7 @@ class ModelBench:
         if cfg.kind == "reference":
             return self.original, 0.0, 0.0, []
         if cfg.kind == "ort":
-            from dfc.baselines import ort_quantize_static
+            from dfc.bench.baselines import ort_quantize_static
 
             x, info = self.calibration(cfg.calib)
             t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def machine() -> dict:
 def run(specs: list[ModelSpec], configs: list[Config], settings: Settings, command: str = "") -> dict:
     """Benchmark every spec × config; results.json is rewritten after each row, results.md and plots at the end."""
     from dfc import progress
-    from dfc.bench_report import write_outputs
+    from dfc.bench.report import write_outputs
 
     settings.out.mkdir(parents=True, exist_ok=True)
     results = {"command": command, "machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         import json
 
-        from dfc.bench_report import summary
+        from dfc.bench.report import summary
 
         print(summary(json.loads(Path(args.summarize).read_text())))
         return 0

@@ -11,38 +11,28 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from dfc.errors import DfcError
+from dfc.ort_reader import SampleReader
 
 ACTIVATION_TYPES = ("uint8", "int8")
 
 
-class _BatchReader:
-    """An `onnxruntime.quantization.CalibrationDataReader` over an in-memory array, in batches."""
-
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = 64):
-        self._batches = iter([{input_name: x[i : i + batch]} for i in range(0, len(x), batch)])
-
-    def get_next(self):
-        return next(self._batches, None)
-
-
-def ort_quantize_static(model: onnx.ModelProto, calib_x: np.ndarray, activations: str = "uint8") -> onnx.ModelProto:
-    """ORT `quantize_static` (QDQ, per-channel int8 weights, MinMax) of `model`, calibrated on `calib_x`."""
+def ort_quantize_static(model: onnx.ModelProto, calib_x, activations: str = "uint8") -> onnx.ModelProto:
+    """ORT `quantize_static` (QDQ, per-channel int8 weights, MinMax) of `model`, calibrated on `calib_x` (an array of
+    inputs, or a CalibrationDataReader such as `dfc.calibration_reader`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if activations not in ACTIVATION_TYPES:
         raise DfcError(f"ORT baseline activations must be one of {', '.join(ACTIVATION_TYPES)}, got {activations!r}")
-    CalibrationDataReader.register(_BatchReader)
     with tempfile.TemporaryDirectory(prefix="dfc-ort-") as tmp:
         src, pre, out = (Path(tmp) / n for n in ("in.onnx", "pre.onnx", "out.onnx"))
         onnx.save(model, src)
         quant_pre_process(str(src), str(pre))
         quantize_static(
-            str(pre), str(out), _BatchReader(model.graph.input[0].name, np.asarray(calib_x, np.float32)),
+            str(pre), str(out), calib_x if isinstance(calib_x, CalibrationDataReader) else SampleReader(model.graph.input[0].name, calib_x),
             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
         )
