@@ -50,6 +50,7 @@ class FinetuneConfig:
     # but it overfits them: ResNet-20 W4A4 300 steps 89.77 top-1 vs adaround 90.46); kd always trains latent weights
     rounding: str = "adaround"
     round_weight: float = 0.01  # λ of AdaRound's regulariser
+    copies: int = 1  # blocks: reconstruct on the samples plus copies − 1 augmented copies of them (the inverter's augmentations)
     act_scales: bool = False  # learn the activation quantizers' scales too (LSQ); measured worse at block level
     scale_lr: float = 1e-3  # Adam's step on log s
     # default steps: ≈ this many multiply-adds of training; about 10 minutes on 2 CPU cores (ResNet-56 blocks at
@@ -176,12 +177,12 @@ def output_kl(student: Student, teacher: TorchGraph, x: torch.Tensor, batch: int
 
 
 def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch.Tensor, cfg: FinetuneConfig,
-            steps: int, progress: bool = True) -> dict:
+            steps: int) -> dict:
     """The Knowledge Within, Algorithm 2 (module doc). Returns the loss trace."""
     from dfc.inverter import augment
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    inner = [b for b in blocks[:-1]]
+    inner = blocks[:-1]
     student.watch = [b.output for b in inner]
     teacher.watch = [b.target for b in inner]
     scales = [p for p in student.act_scales.parameters()]
@@ -223,7 +224,7 @@ def _chunks(fn, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
 
 
 def reconstruct_blocks(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch.Tensor,
-                       cfg: FinetuneConfig, steps: int, progress: bool = True) -> dict:
+                       cfg: FinetuneConfig, steps: int) -> dict:
     """BRECQ with AdaRound (module doc): one block at a time, in order. Returns per-block losses before/after."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lr = cfg.lr or DEFAULT_LR["blocks"]
@@ -282,8 +283,7 @@ def _block_loss(run, x_q: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarray, cfg: FinetuneConfig,
-             float_model: onnx.ModelProto | None = None, macs_per_sample: float = 0.0,
-             progress: bool = True) -> tuple[onnx.ModelProto, dict]:
+             float_model: onnx.ModelProto | None = None, macs_per_sample: float = 0.0) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `model` (QDQ or float) towards `teacher_model` on samples `x`; returns (model, info).
     `float_model`: the graph before quantization (latent weights; AdaRound's base)."""
     from dfc.inverter import pick_device
@@ -304,9 +304,16 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     xt = torch.from_numpy(np.asarray(x, np.float32)).to(device)
     steps = cfg.steps if cfg.steps is not None else default_steps(cfg.method, macs_per_sample, cfg.batch, cfg.work_budget)
     kl_before = output_kl(student, teacher, xt)
+    if steps > 0 and cfg.method == "blocks" and cfg.copies > 1:
+        from dfc.inverter import augment
+
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        xt_train = torch.cat([xt, augment(xt, cfg.copies - 1, gen)])
+    else:
+        xt_train = xt
     if steps > 0:
         run = distill if cfg.method == "kd" else reconstruct_blocks
-        trace = run(student, teacher, blocks, xt, cfg, steps, progress)
+        trace = run(student, teacher, blocks, xt_train, cfg, steps)
     else:
         trace = {}
     kl_after = output_kl(student, teacher, xt)

@@ -120,3 +120,26 @@ def test_float_student_after_pruning(demo_w2a4, digits_test, method):
 def test_bad_options_are_named(residual, bad, msg):
     with pytest.raises(DfcError, match=msg):
         api.optimize(residual[0], **bad)
+
+
+def test_learned_activation_scales_are_written_back_with_their_biases(demo_w2a4):
+    """LSQ option: activation scales move, every constant holding them follows (Q/DQ pairs, the narrow-width Clip,
+    int32 bias scales s_x·s_w), and ORT runs the exported graph as the student computes it."""
+    from onnx import numpy_helper
+
+    _, teacher, qdq = demo_w2a4
+    x = rand((128, 1, 8, 8), seed=6)
+    out, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", steps=40, batch=16, lr=1e-3, act_scales=True,
+                                                         scale_lr=1e-2), float_model=teacher)
+    assert info["learned_act_scales"] > 0
+    before = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    moved = [k for k in before if k.endswith("_scale") and before[k].size == 1 and not np.array_equal(before[k], after[k])]
+    assert moved
+    for n in out.graph.node:  # every bias DequantizeLinear keeps scale = s_x · s_w
+        if n.op_type == "Conv" and len(n.input) > 2:
+            b_dq = next(m for m in out.graph.node if m.output[0] == n.input[2])
+            w_dq = next(m for m in out.graph.node if m.output[0] == n.input[1])
+            x_dq = next(m for m in out.graph.node if m.output[0] == n.input[0])
+            assert np.allclose(after[b_dq.input[1]], after[x_dq.input[1]] * after[w_dq.input[1]], rtol=1e-6)
+    assert np.abs(run(out, x) - _student_out(Student(out), x)).max() <= 1e-4
