@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--finetune-steps", type=int, help="fine-tuning steps (kd: in all; blocks: per block; default: "
                                                       "from the fine-tuning work budget)")
     o.add_argument("--finetune-batch", type=int, help="fine-tuning batch size (default 32)")
-    o.add_argument("--finetune-lr", type=float, help="fine-tuning Adam learning rate (default: kd 1e-4, blocks 1e-2)")
+    o.add_argument("--finetune-lr", type=float, help="fine-tuning Adam learning rate (default: kd 3e-4, blocks 1e-2)")
     o.add_argument("--device", help="BNS inverter and fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     o.add_argument("--input-mean", help="per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406")

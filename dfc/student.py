@@ -63,8 +63,11 @@ class QuantizedTensor(torch.nn.Module):
             self.register_buffer("floor", torch.floor(t))
             frac = (t - self.floor).clamp(1e-4, 1 - 1e-4)
             self.v = torch.nn.Parameter(-torch.log((ZETA - GAMMA) / (frac - GAMMA) - 1))
+            self.register_buffer("v0", self.v.detach().clone())
         else:
             self.w = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(w, np.float32)))
+            self.register_buffer("w0", self.w.detach().clone())
+        self.codes0 = np.array(codes, copy=True)
 
     def h(self) -> torch.Tensor:
         """AdaRound's rectified sigmoid; 0/1 once the rounding is fixed (`hard`)."""
@@ -87,12 +90,16 @@ class QuantizedTensor(torch.nn.Module):
         return self.codes() * self.scale
 
     def export_codes(self) -> np.ndarray:
+        """The integer codes, in float64 (int32 bias codes beyond 2^24 do not survive float32); an untrained latent
+        gives back its original codes exactly."""
         with torch.no_grad():
+            if torch.equal(*((self.v, self.v0) if self.learn_rounding else (self.w, self.w0))):
+                return self.codes0.copy()
             if self.learn_rounding:
-                q = self.floor + (self.v >= 0).to(self.v.dtype)
+                q = (self.floor + (self.v >= 0).to(self.v.dtype)).cpu().numpy().astype(np.float64)
             else:
-                q = torch.round(self.w / self.scale)
-            return torch.clamp(q, -self.qmax, self.qmax).cpu().numpy().astype(self.dtype)
+                q = np.round(self.w.cpu().numpy().astype(np.float64) / self.scale.cpu().numpy().astype(np.float64))
+            return np.clip(q, -self.qmax, self.qmax).astype(self.dtype)
 
 
 class FloatTensor(torch.nn.Module):

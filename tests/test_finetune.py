@@ -143,3 +143,19 @@ def test_learned_activation_scales_are_written_back_with_their_biases(demo_w2a4)
             x_dq = next(m for m in out.graph.node if m.output[0] == n.input[0])
             assert np.allclose(after[b_dq.input[1]], after[x_dq.input[1]] * after[w_dq.input[1]], rtol=1e-6)
     assert np.abs(run(out, x) - _student_out(Student(out), x)).max() <= 1e-4
+
+
+def test_teacher_targets_block_by_block_equal_full_forward_passes(residual):
+    from dfc.finetune import TeacherTargets
+    from dfc.torch_exec import TorchGraph
+
+    _, teacher, qdq = residual
+    blocks = blocks_of(Student(qdq), teacher)
+    x = torch.from_numpy(rand((8, 3, 8, 8), seed=7))
+    targets = TeacherTargets(TorchGraph(teacher), x)
+    full = TorchGraph(teacher, watch=[b.target for b in blocks[:-1]])
+    with torch.no_grad():
+        (y,), watched = full(x)
+    for b in blocks:
+        expected = y if b is blocks[-1] else watched[b.target]
+        assert torch.allclose(targets.at(b.target), expected, atol=1e-5)
