@@ -51,6 +51,7 @@ class FinetuneConfig:
     rounding: str = "adaround"
     round_weight: float = 0.01  # λ of AdaRound's regulariser
     copies: int = 1  # blocks: reconstruct on the samples plus copies − 1 augmented copies of them (the inverter's augmentations)
+    float_lr: float = 1e-4  # blocks: Adam's step on a float student's weights (pruned, --no-quant); lr is for roundings
     act_scales: bool = False  # learn the activation quantizers' scales too (LSQ); measured worse at block level
     scale_lr: float = 1e-3  # Adam's step on log s
     # default steps: ≈ this many multiply-adds of training, about 6 minutes on 2 CPU cores (`default_steps`):
@@ -243,17 +244,18 @@ def reconstruct_blocks(student: Student, teacher: TorchGraph, blocks: list[Block
         run = lambda xi: student.run({b.input: xi}, b.start, b.stop)[b.output]  # noqa: E731
         mods = student.modules_of(set(b.layers))
         rounding = [m for m in mods if isinstance(m, QuantizedTensor) and m.learn_rounding]
-        params = [p for m in mods for p in m.parameters()]
+        params = [p for m in mods if isinstance(m, QuantizedTensor) for p in m.parameters()]
+        floats = [p for m in mods if not isinstance(m, QuantizedTensor) for p in m.parameters()]
         scales = [p for m in student.act_scales_in(b.start, b.stop) for p in m.parameters()]
         for p in student.parameters():
             p.requires_grad_(False)
-        for p in params + scales:
+        for p in params + scales + floats:
             p.requires_grad_(True)
         before = _block_loss(run, x_q, target)
         for m in rounding:
             m.hard = False
-        opt = torch.optim.Adam([{"params": params, "lr": lr, "base": lr}]
-                               + ([{"params": scales, "lr": cfg.scale_lr, "base": cfg.scale_lr}] if scales else []))
+        groups = [(params, lr), (scales, cfg.scale_lr), (floats, cfg.float_lr)]
+        opt = torch.optim.Adam([{"params": p, "lr": r} for p, r in groups if p])
         warm = int(0.2 * steps)
         for step in range(steps):
             idx = torch.randint(len(x_q), (cfg.batch,), generator=gen).to(x.device)
