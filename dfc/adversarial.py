@@ -35,9 +35,13 @@ def parse_eps(text: str, option: str = "--fgsm") -> list[float]:
 
 def input_gradients(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray, batch: int = 128) -> np.ndarray:
     """∇ₓ of the cross-entropy of the model's logits at `labels`, per sample (torch executor; STE through Q/DQ)."""
+    from dfc.pipeline import Context, PassManager
     from dfc.torch_exec import TorchGraph
 
-    graph = TorchGraph(model)
+    try:
+        graph = TorchGraph(model)
+    except DfcError:  # exporter shape arithmetic (ConstantOfShape, Shape, ...): `cleanup` folds it, exactly
+        graph = TorchGraph(PassManager(["cleanup"]).run(model, Context()))
     out = np.empty_like(x, dtype=np.float32)
     for i in progress_bar(range(0, len(x), batch), desc="fgsm gradients", total=-(-len(x) // batch)):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], np.float32)).requires_grad_(True)

@@ -92,3 +92,13 @@ def test_bns_score_scores_the_perturbed_set(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["fgsm"][0]["j_kl"] == pytest.approx(out["j_kl"]) and out["fgsm"][1]["j_kl"] != pytest.approx(out["j_kl"])
     assert main([*args, "--fgsm", "x"]) == 2
+
+
+def test_gradients_of_a_raw_export_with_shape_arithmetic(cifar_exact):
+    """The shared ResNet-20 as exported (ConstantOfShape & co. in its shortcut): cleaned up (exactly) for torch."""
+    from conftest import shared_file
+
+    model = load_model(shared_file("models/resnet20_cifar10.onnx"))
+    x, y = cifar_exact[0][:8], cifar_exact[1][:8]
+    g = input_gradients(model, x, y)
+    assert g.shape == x.shape and np.abs(g).sum() > 0

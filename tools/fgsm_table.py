@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="resnet20,resnet56")
     ap.add_argument("--shared", default="../shared")
     ap.add_argument("--out", default="docs/fgsm.md")
+    ap.add_argument("--calib-dir", help="reuse NAME_bns.npz (key x) saved from `dfc optimize --save-calib` with the "
+                                        "same options instead of synthesizing again")
     args = ap.parse_args(argv)
 
     import dfc.api as api
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
         path = shared / f"models/{name}_cifar10.onnx"
         fp32 = load_model(path)
         t0 = time.time()
-        calib, _ = api.calibration_set(fp32, **norm)
+        saved = Path(args.calib_dir or "-") / f"{name}_bns.npz"
+        calib = np.load(saved)["x"] if args.calib_dir and saved.exists() else api.calibration_set(fp32, **norm)[0]
         ref_rows = None
         for label, opts in CONFIGS.items():
             model = fp32 if opts is None else api.optimize(fp32, **norm, **opts, **({} if opts.get("no_quant") else {"calib_data": calib}))
