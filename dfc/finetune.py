@@ -78,11 +78,12 @@ def _names(student: TorchGraph) -> set[str]:
     return set(student._const_names) | set(student._names.values())
 
 
-def blocks_of(student: Student, teacher: onnx.ModelProto, probe: np.ndarray | None = None) -> list[Block]:
+def blocks_of(student: Student, teacher: onnx.ModelProto, probe: np.ndarray | None = None,
+              teacher_graph: TorchGraph | None = None) -> list[Block]:
     """The student's blocks (module doc): single-tensor cuts that the teacher also has, each block holding at
     least one trainable layer; the last block ends at the graph output. With a `probe` input, a cut whose tensor
     has another shape in the teacher (a pruned layer's output) is not used."""
-    same_shape = _shape_check(student, teacher, probe)
+    same_shape = _shape_check(student, teacher_graph or TorchGraph(teacher), probe)
     nodes, fixed = student.nodes, _names(student)
     teacher_names = {t for n in teacher.graph.node for t in n.output} | {i.name for i in teacher.graph.input}
     quantized = any(n.op == "DequantizeLinear" for n in nodes)
@@ -121,12 +122,11 @@ def blocks_of(student: Student, teacher: onnx.ModelProto, probe: np.ndarray | No
     return out
 
 
-def _shape_check(student: Student, teacher: onnx.ModelProto, probe: np.ndarray | None):
+def _shape_check(student: Student, t_graph: TorchGraph, probe: np.ndarray | None):
     """(student tensor, teacher tensor) -> whether their shapes agree on the probe input (always True without one)."""
     if probe is None:
         return lambda a, b: True
     device = next(student.parameters()).device
-    t_graph = TorchGraph(teacher).to(device)
     with torch.no_grad():
         x = torch.from_numpy(np.asarray(probe[:1], np.float32)).to(device)
         s_env = student.run({student.input_names[0]: x})
@@ -233,7 +233,6 @@ def reconstruct_blocks(student: Student, teacher: TorchGraph, blocks: list[Block
     """BRECQ with AdaRound (module doc): one block at a time, in order. Returns per-block losses before/after."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lr = cfg.lr or DEFAULT_LR["blocks"]
-    teacher.watch = []
     x_q = x
     trace = []
     bar = progress_bar(range(len(blocks) * steps), desc="finetune blocks")
@@ -331,7 +330,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     student = Student(model, floats, rounding=cfg.rounding if cfg.method == "blocks" else "ste",
                       learn_act_scales=cfg.act_scales).to(device)
     teacher = TorchGraph(teacher_model).to(device)
-    blocks = blocks_of(student, teacher_model, probe=x)
+    blocks = blocks_of(student, teacher_model, probe=x, teacher_graph=teacher)
     xt = torch.from_numpy(np.asarray(x, np.float32)).to(device)
     steps = cfg.steps if cfg.steps is not None else default_steps(cfg.method, macs_per_sample, cfg.batch, cfg.work_budget)
     kl_before = output_kl(student, teacher, xt)
