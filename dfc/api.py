@@ -27,6 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "prune_step": 0.05,
     "prune_rank": "auto",  # uniform | global | auto (both, the one closer to the model on the probe inputs kept)
     "prune_global": False,  # the same as prune_rank="global"
+    "channel_multiple": None,  # None: the block of ORT's NCHWc conv kernels on this CPU (dfc.runtime.nchwc_block); 1: off
+    "target_latency": None,  # ratios against the original: prune until the measured target is met (passes/prune.py)
+    "target_size": None,
+    "target_macs": None,
     "compensate": "udfc",
     "udfc_requant": True,
     "udfc_check": True,  # keep the pruning compensation only where it lowers the error on synthetic probe inputs
@@ -68,6 +72,15 @@ DEFAULTS: dict[str, Any] = {
 
 GAUSSIAN_SAMPLES = 256
 PRUNE_RANKS = ("auto", "uniform", "global")
+TARGETS = ("target_latency", "target_size", "target_macs")
+
+
+def prune_target(o: dict) -> tuple[str, float] | None:
+    """(kind, ratio) of the run's --target-* option, or None."""
+    for key in TARGETS:
+        if o[key] is not None:
+            return key[len("target_"):], float(o[key])
+    return None
 
 
 def resolve_options(options: dict) -> dict:
@@ -78,6 +91,20 @@ def resolve_options(options: dict) -> dict:
     o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
     if not isinstance(o["prune"], (int, float)) or not 0.0 <= float(o["prune"]) < 1.0:
         raise DfcError(f"--prune must be a ratio in [0, 1), got {o['prune']!r}")
+    targets = [k for k in TARGETS if o[k] is not None]
+    if len(targets) > 1:
+        raise DfcError(f"give one target, not {' and '.join('--' + k.replace('_', '-') for k in targets)}")
+    for key in targets:
+        if not isinstance(o[key], (int, float)) or not 0.0 < float(o[key]) <= 1.0:
+            raise DfcError(f"--{key.replace('_', '-')} must be a ratio in (0, 1], got {o[key]!r}")
+        if float(o["prune"]) > 0:
+            raise DfcError(f"--prune and --{key.replace('_', '-')} are exclusive: the target decides how much is pruned")
+    if o["channel_multiple"] is None:
+        from dfc.runtime import nchwc_block
+
+        o["channel_multiple"] = nchwc_block() or 1
+    if not isinstance(o["channel_multiple"], (int, np.integer)) or int(o["channel_multiple"]) < 1:
+        raise DfcError(f"--channel-multiple must be an integer >= 1, got {o['channel_multiple']!r}")
     if o["prune_rank"] not in PRUNE_RANKS:
         raise DfcError(f"--prune-rank must be one of {', '.join(PRUNE_RANKS)}, got {o['prune_rank']!r}")
     if o["prune_global"]:
@@ -155,7 +182,10 @@ def build_passes(o: dict, ctx: Context) -> list:
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
                  step=float(o["prune_step"]), global_rank={"auto": "auto", "uniform": False, "global": True}[o["prune_rank"]], compensate=o["compensate"],
                  alpha_p=float(o["alpha_p"]), alpha_q=float(o["alpha_q"]), partners=o["udfc_partners"],
-                 loss=o["udfc_loss"], check=bool(o["udfc_check"]), weight_bits=(o["wbits"], o["first_last_bits"]) if quantizing and compensating else None),
+                 loss=o["udfc_loss"], check=bool(o["udfc_check"]), weight_bits=(o["wbits"], o["first_last_bits"]) if quantizing and compensating else None,
+                 multiple=int(o["channel_multiple"]), target=prune_target(o), threads=int(o["threads"]),
+                 latency_batch=int(o["probe_samples"]),
+                 quant={k: o[k] for k in ("wbits", "abits", "first_last_bits")} if quantizing else None),
     ]
     if quantizing and compensating and o["udfc_requant"]:
         passes.append(get_pass("udfc-requant", wbits=o["wbits"], first_last_bits=o["first_last_bits"],
@@ -184,6 +214,7 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     o = resolve_options(options)
     original = as_model(model_or_path)
     ctx = _context(original, o)
+    ctx.original_bytes = original.ByteSize()
     _check_save_calib(o, ctx)
     work = _prepared(original, o, ctx)
     optimized = PassManager(build_passes(o, ctx), debug=o["debug"]).run(work, ctx)
@@ -199,7 +230,29 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     }
     if o["measure"]:
         report.update(measure(original, optimized, ctx, o))
+    target = prune_target(o)
+    if target is not None:
+        report["target"] = final_target(target, report, ctx)
+        report["notes"] = list(ctx.notes)
     return optimized, report
+
+
+def final_target(target: tuple[str, float], report: dict, ctx: Context) -> dict:
+    """The --target-* option checked on the output model: its MACs and size against the original's, its latency
+    from the report's measurement (when measured); a miss is a note."""
+    kind, goal = target
+    searched = report["passes"].get("prune", {}).get("target", {})
+    if kind == "latency":
+        value = report.get("latency", {}).get("ratio")
+    else:
+        key = "macs" if kind == "macs" else "size_bytes"
+        value = report["after"][key] / report["before"][key] if report["before"][key] else None
+    out = {"kind": kind, "ratio": goal, "final": value, "searched": searched.get("measured"),
+           "met": None if value is None else value <= goal}
+    if value is not None and value > goal:
+        ctx.note(f"--target-{kind} {goal:g}: the output model measures {value:.3g}x (the pruning search measured "
+                 f"{searched.get('measured')}x before {'quantization' if searched.get('quantized') else 'export'})")
+    return out
 
 
 def _context(original: onnx.ModelProto, o: dict) -> Context:

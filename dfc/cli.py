@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "their layer's signal they carry; auto (default): both, the one closer to the model on the "
                         "synthetic probe inputs kept")
     o.add_argument("--prune-global", action="store_true", help="the same as --prune-rank global")
+    o.add_argument("--channel-multiple", type=int,
+                   help="pruned Conv layers keep a multiple of K channels or stay whole (default: the channel block of "
+                        "ONNX Runtime's NCHWc conv kernels on this CPU, 16 with AVX-512, 8 with AVX2; 1: off)")
+    o.add_argument("--target-latency", type=float,
+                   help="prune until the ORT latency ratio against the original (measured here, batch 64) is at most R; "
+                        "counts quantization when it is on")
+    o.add_argument("--target-size", type=float, help="prune until the file is at most R times the original's")
+    o.add_argument("--target-macs", type=float, help="prune until the MACs are at most R times the original's")
     o.add_argument("--compensate", choices=COMPENSATIONS,
                    help="data-free compensation of pruned and quantized channels (default udfc)")
     o.add_argument("--udfc-partners", choices=UDFC_PARTNERS,
@@ -199,6 +207,8 @@ def cmd_optimize(args) -> int:
         alpha_p=args.alpha_p, alpha_q=args.alpha_q, udfc_partners=args.udfc_partners, udfc_loss=args.udfc_loss,
         udfc_requant=False if args.no_requant else None, udfc_check=False if args.no_udfc_check else None,
         prune_step=args.prune_step, prune_global=args.prune_global or None, prune_rank=args.prune_rank,
+        channel_multiple=args.channel_multiple, target_latency=args.target_latency, target_size=args.target_size,
+        target_macs=args.target_macs,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, bias_correction=False if args.no_bias_correction else None, seed=args.seed,
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,

@@ -65,6 +65,7 @@ class Context:
     calibration_source: str = ""
     calibration_fallback: bool = False  # `synthesize` could not run the model: `quantize` calibrates on Gaussian noise
     snapshots: dict[str, onnx.ModelProto] = field(default_factory=dict)  # graphs kept by the `snapshot` pass
+    original_bytes: int | None = None  # serialized size of the user's model (the reference of --target-size)
     logger: logging.Logger = field(default_factory=lambda: log)
 
     def note(self, text: str) -> None:
@@ -159,12 +160,17 @@ class PassManager:
 
     @staticmethod
     def _export(graph: gs.Graph, like: onnx.ModelProto, ctx: Context) -> onnx.ModelProto:
-        meta = dict(ctx.metadata)
-        if ctx.bn_stats:
-            meta[METADATA_KEY] = ctx.bn_stats.to_metadata()
-        else:
-            meta.pop(METADATA_KEY, None)
-        if ctx.input_mean is not None:
-            meta["dfc.input_mean"] = ",".join(f"{v:.6g}" for v in ctx.input_mean)
-            meta["dfc.input_std"] = ",".join(f"{v:.6g}" for v in ctx.input_std)
-        return ir.export_model(graph, like=like, metadata=meta)
+        return ir.export_model(graph, like=like, metadata=output_metadata(ctx))
+
+
+def output_metadata(ctx: Context) -> dict[str, str]:
+    """The metadata an output model carries: the context's, the BN statistics, the input normalisation."""
+    meta = dict(ctx.metadata)
+    if ctx.bn_stats:
+        meta[METADATA_KEY] = ctx.bn_stats.to_metadata()
+    else:
+        meta.pop(METADATA_KEY, None)
+    if ctx.input_mean is not None:
+        meta["dfc.input_mean"] = ",".join(f"{v:.6g}" for v in ctx.input_mean)
+        meta["dfc.input_std"] = ",".join(f"{v:.6g}" for v in ctx.input_std)
+    return meta

@@ -17,3 +17,18 @@ def progress_bar(iterable, desc: str | None = None, total: int | None = None, **
     if desc is None or not _enabled:
         return iterable
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def manual_bar(desc: str | None, total: int | None = None, **kw):
+    """A bar advanced by hand (`update`, `close`) for loops whose length is only estimated; a no-op when disabled."""
+    if desc is None or not _enabled:
+        return _NoBar()
+    return tqdm(desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)

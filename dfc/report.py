@@ -58,11 +58,26 @@ def summary_table(report: dict) -> str:
             f"fidelity on a synthetic probe ({fid['samples']} {fid['probe']} samples, no real data): "
             f"top-1 agreement {100 * fid['agreement']:.1f} %, mean KL {fid['mean_kl']:.4f}, max |dlogit| {fid['max_abs_diff']:.4f}"
         )
+    out += _target_lines(report)
     out += _compensation_lines(report.get("passes", {}))
     out += _inverter_lines(report.get("passes", {}))
     for note in report.get("notes", []):
         out.append(f"note: {note}")
     return "\n".join(out)
+
+
+def _target_lines(report: dict) -> list[str]:
+    """The --target-* search: the target, the output's value, and each round (aim, predicted, measured)."""
+    t, searched = report.get("target"), report.get("passes", {}).get("prune", {}).get("target")
+    if not t:
+        return []
+    final = "not measured" if t["final"] is None else f"{t['final']:.3f}x ({'met' if t['met'] else 'MISSED'})"
+    line = f"target {t['kind']} <= {t['ratio']:g}x: output {final}"
+    if searched:
+        rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g}, "
+                           f"{r['groups_removed']} channels" for r in searched["search"])
+        line += f"; search ({searched['cost_model']}, channel multiple {report['passes']['prune'].get('multiple')}): {rounds}"
+    return [line]
 
 
 def _compensation_lines(passes: dict) -> list[str]:

@@ -35,6 +35,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfc import ir, pairwise, probe
+from dfc.channel_budget import LayerCosts, aligned_keep, pick_chunks
 from dfc.channels import ChannelAnalysis, Group
 from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
 from dfc.compensation import consumer_norms, family_name, path_problem, removal_errors, round_sig, skipped_notes
@@ -42,11 +43,13 @@ from dfc.sink_moments import group_moments
 from dfc.errors import DfcError
 from dfc.intervals import activation_bounds
 from dfc.pipeline import Context, Pass, register
-from dfc.progress import progress_bar
+from dfc.progress import manual_bar
+from dfc.prune_target import KINDS as TARGET_KINDS, TargetMeter
 from dfc.runtime import nchwc_block
 from dfc.surgery import is_dead, remove_groups
 
 CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
+TARGET_ROUNDS = 3
 PROBE_SAMPLES, PROBE_SALT = 256, 3
 SCOPES = ("inner", "all")
 
@@ -99,7 +102,8 @@ class Prune(Pass):
     def default_options(cls):
         return {"ratio": 0.0, "scope": "inner", "criterion": "udfc", "step": 0.05, "global_rank": False,
                 "compensate": "none", "partners": "nnls", "loss": "bn", "alpha_p": 0.0, "alpha_q": 1000.0,
-                "weight_bits": None, "check": True}
+                "weight_bits": None, "check": True, "multiple": 1, "target": None, "quant": None, "threads": 2,
+                "latency_batch": 64}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         o = self.options
@@ -109,15 +113,22 @@ class Prune(Pass):
                 raise DfcError(f"prune: {key} must be one of {', '.join(allowed)}, got {o[key]!r}")
         if not 0 < float(o["step"]) <= 1:
             raise DfcError(f"--prune-step must be in (0, 1], got {o['step']!r}")
+        if int(o["multiple"]) < 1:
+            raise DfcError(f"--channel-multiple must be an integer >= 1, got {o['multiple']!r}")
+        if o["target"] is not None:
+            kind, goal = o["target"]
+            if kind not in TARGET_KINDS or not 0 < float(goal) <= 1:
+                raise DfcError(f"prune: target must be (one of {', '.join(TARGET_KINDS)}, ratio in (0, 1]), got {o['target']!r}")
         graph = ir.infer_shapes(graph)
         before = _layer_shapes(graph)
         analysis = ChannelAnalysis(graph)
         res: dict = {"ratio": o["ratio"], "scope": o["scope"], "criterion": o["criterion"], "step": o["step"],
-                     "global": o["global_rank"] is True, "blocked": _blocked_summary(analysis.groups)}
+                     "global": o["global_rank"] is True or o["target"] is not None, "multiple": int(o["multiple"]),
+                     "blocked": _blocked_summary(analysis.groups)}
         dead = [g for g in analysis.groups if is_dead(g, analysis)]
         graph = remove_groups(graph, analysis, dead, ctx)
         res["dead_groups_removed"] = len(dead)
-        if o["ratio"] > 0:
+        if o["ratio"] > 0 or o["target"] is not None:
             if o["check"] and (o["compensate"] != "none" or o["global_rank"] == "auto"):
                 graph, stats = self._checked_schedule(graph, ctx)
             else:
@@ -139,7 +150,7 @@ class Prune(Pass):
         top-1 83.4 vs 72.2). Unchecked, with a note, when no probe batch can be made."""
         o = self.options
         x = probe.inputs(graph, ctx, PROBE_SAMPLES, salt=PROBE_SALT, purpose="prune: the check of UDFC compensation")
-        ranks = [False, True] if o["global_rank"] == "auto" else [bool(o["global_rank"])]
+        ranks = [True] if o["target"] is not None else [False, True] if o["global_rank"] == "auto" else [bool(o["global_rank"])]
         comps = [o["compensate"], "none"] if o["compensate"] != "none" else ["none"]
         if x is None:
             return Prune(**{**o, "global_rank": ranks[0]})._schedule(graph, ctx, None)
@@ -149,6 +160,7 @@ class Prune(Pass):
         for comp in comps:
             for rank in ranks:
                 runner = Prune(**{**o, "compensate": comp, "global_rank": rank})
+                runner._meter = self._target_meter(graph, ctx)
                 tctx = probe.trial_context(ctx)
                 name = f"{comp}, {'global' if rank else 'uniform'}"
                 g, stats = runner._schedule(ir.import_graph(base), tctx, None, desc=f"prune ({name})")
@@ -173,11 +185,105 @@ class Prune(Pass):
                                  "check": check}
         return g, stats
 
+    _meter: TargetMeter | None = None
+
+    def _target_meter(self, graph: gs.Graph, ctx: Context) -> TargetMeter | None:
+        """The reference and cost model of `target` (built once, shared by the checked schedule's trials)."""
+        o = self.options
+        if o["target"] is None:
+            return None
+        if self._meter is None:
+            self._meter = TargetMeter(ir.infer_shapes(graph), o["target"][0], ctx, self._bit_plan(graph), o["quant"],
+                                      batch=int(o["latency_batch"]), threads=int(o["threads"]))
+        return self._meter
+
+    def _bit_plan(self, graph: gs.Graph) -> dict | None:
+        q = self.options["quant"]
+        if q is None:
+            return None
+        from dfc.passes.quantize import weight_bit_plan
+
+        return weight_bit_plan(graph, q["wbits"], q["first_last_bits"])
+
+    def _multiple_of(self, fam_groups: list[Group]) -> int:
+        """The channel multiple of a family: `multiple` when every layer producing it is a Conv (the NCHWc kernels'
+        block), 1 for dense layers."""
+        k = int(self.options["multiple"])
+        return k if k > 1 and all(n.op == "Conv" for n, _ in fam_groups[0].origins) else 1
+
     def _schedule(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None, desc: str = "prune"
                   ) -> tuple[gs.Graph, dict]:
-        """Progressive pruning; `analysis` of `graph` when the caller already has it."""
+        """Progressive pruning; `analysis` of `graph` when the caller already has it. With a target, rounds of
+        (search to the predicted target, measure) until the measurement meets it (`_target_rounds`)."""
         o = self.options
-        ratio, scope, step = float(o["ratio"]), o["scope"], float(o["step"])
+        if o["target"] is not None:
+            return self._target_rounds(graph, ctx, analysis, desc)
+        ratio, step = float(o["ratio"]), float(o["step"])
+        steps = max(1, math.ceil(ratio / step - 1e-9))
+
+        def want(k, graph, families, n0, removed, scores_of):
+            if k > steps:
+                return None
+            return self._targets(families, n0, removed, min(ratio, k * step), scores_of)
+
+        return self._steps(graph, ctx, analysis, desc, want, steps)
+
+    def _target_rounds(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None, desc: str
+                       ) -> tuple[gs.Graph, dict]:
+        """Prune until the predicted target ratio is reached, measure the result (`TargetMeter.measured_ratio`); while
+        the measurement misses the target, aim lower by the miss (goal · target / measured) and go on, at most
+        TARGET_ROUNDS rounds. Every round is in the report (`target.search`); a miss is a note."""
+        o = self.options
+        kind, goal = o["target"][0], float(o["target"][1])
+        meter = self._target_meter(graph, ctx)
+        bits = meter.bits
+        aim, rounds, total = goal, [], None
+        for rnd in range(TARGET_ROUNDS):
+            last: dict = {"exhausted": False, "predicted": None}
+
+            def want(k, graph, families, n0, removed, scores_of, aim=aim, last=last):
+                costs = LayerCosts.of(graph, families, meter.cost, bits if kind != "macs" else None)
+                layers = costs.total()
+                pred = meter.predicted_ratio(layers)
+                last["predicted"] = pred
+                if pred <= aim:
+                    return None
+                slope = meter.predicted_ratio(layers) - meter.predicted_ratio(0.0)
+                need = (pred - aim) / (slope / layers) if layers > 0 else 0.0
+                budget = min(need, float(o["step"]) * meter.layers0)
+                got = pick_chunks(families, n0, scores_of, lambda f: self._multiple_of(families[f]), budget, costs, exact=False)
+                if not got:
+                    last["exhausted"] = True
+                    return None
+                last["predicted"] = meter.predicted_ratio(costs.total())
+                return dict(got)
+
+            est = max(1, math.ceil((1.0 - aim) / float(o["step"])))
+            graph, stats = self._steps(graph, ctx, analysis if rnd == 0 else None, f"{desc} -> {kind} {goal:g}", want, est)
+            measured = meter.measured_ratio(graph)
+            rounds.append({"aim": round_sig(aim), "predicted": round_sig(last["predicted"]), "measured": round_sig(measured),
+                           "groups_removed": stats["groups_removed"], "steps": stats["steps"]})
+            total = stats if total is None else _merge_stats(total, stats)
+            if measured <= goal or last["exhausted"]:
+                break
+            aim = aim * goal / measured
+        measured = rounds[-1]["measured"]
+        total["target"] = {"kind": kind, "ratio": goal, "measured": measured, "met": measured <= goal,
+                           "predicted": rounds[-1]["predicted"], "search": rounds, "quantized": o["quant"] is not None,
+                           "cost_model": type(meter.cost).__name__,
+                           "layers_timed": getattr(meter.cost, "measured", None)}
+        if measured > goal:
+            ctx.note(f"prune: target {kind} {goal:g}x not met: the closest result measured {measured:.3g}x "
+                     f"({'no more channels could go' if rounds[-1]['aim'] and last['exhausted'] else f'{len(rounds)} search rounds'}"
+                     f"; scope {o['scope']!r}, channel multiple {o['multiple']})")
+        return graph, total
+
+    def _steps(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None, desc: str, want_of, total: int
+               ) -> tuple[gs.Graph, dict]:
+        """The progressive schedule: per step k, `want_of(k, graph, families, n0, removed, scores_of)` says how many
+        groups each family loses (None: stop); the groups are re-analysed and re-ranked after every step."""
+        o = self.options
+        scope = o["scope"]
         analysis = analysis or ChannelAnalysis(graph)
         start = [g for g in analysis.groups if in_scope(g, scope)]
         if not start:
@@ -195,11 +301,12 @@ class Prune(Pass):
             from dfc.passes.quantize import weight_bit_plan
 
             bits = weight_bit_plan(graph, *o["weight_bits"])
-        steps = max(1, math.ceil(ratio / step - 1e-9))
-        for k in progress_bar(range(1, steps + 1), desc=desc, total=steps, unit="step"):
+        bar = manual_bar(desc, total=total, unit="step")
+        k = 0
+        while True:
+            k += 1
             if k > 1:
                 analysis = ChannelAnalysis(graph)
-            r = min(ratio, k * step)
             families: dict[tuple, list[Group]] = defaultdict(list)
             for g in analysis.groups:
                 if in_scope(g, scope) and g.family in n0:
@@ -211,7 +318,10 @@ class Prune(Pass):
                     scored[fam] = self._scores(families[fam], analysis, ctx)
                 return scored[fam]
 
-            want = self._targets(families, n0, removed, r, scores_of)
+            want = want_of(k, graph, families, n0, removed, scores_of)
+            if want is None:
+                break
+            bar.update(1)
             chosen: list[Group] = []
             pairs = []
             bounds = None
@@ -239,12 +349,13 @@ class Prune(Pass):
             editor.commit(f"merged{k}")
             merged += len(pairs)
             graph = remove_groups(graph, analysis, chosen, ctx)
+        bar.close()
         if impact_used is False:
             ctx.note("prune: pair-wise pruning ranked pairs by saliency only (no interval bound reaches the outputs)")
         for line in skipped_notes(skipped, "removed channel group(s)"):
             ctx.note(f"prune: {line}")
         stats = {"groups_in_scope": sum(n0.values()), "groups_removed": sum(removed.values()),
-                 "pairs_merged": merged, "pairwise_layers": len(dense_layers), "steps": steps, "layers_in_scope": len(n0)}
+                 "pairs_merged": merged, "pairwise_layers": len(dense_layers), "steps": k - 1, "layers_in_scope": len(n0)}
         if o["compensate"] != "none":
             stats["compensation"] = {"method": o["compensate"], "partners": o["partners"], "loss": o["loss"],
                                      "alpha_p": o["alpha_p"], "partners_quantized": bits is not None,
@@ -306,11 +417,15 @@ class Prune(Pass):
         return relative(err, plain)
 
     def _targets(self, families: dict, n0: Counter, removed: Counter, r: float, score) -> dict:
-        """How many groups each family loses in this step (each keeps at least one)."""
+        """How many groups each family loses in this step (each keeps at least one; with a channel multiple K, a
+        Conv family keeps a multiple of K or stays whole, `dfc.channel_budget`)."""
+        multiple = {f: self._multiple_of(families[f]) for f in families}
         if self.options["global_rank"] is not True:
-            return {f: min(round(r * n0[f]), n0[f] - 1) - removed[f] for f in families}
+            return {f: (n0[f] - aligned_keep(n0[f], r, multiple[f])) - removed[f] for f in families}
         # global: rank every candidate by its criterion, a fraction of its own layer's total (`_scores`)
         total = round(r * sum(n0.values())) - sum(removed.values())
+        if any(k > 1 for k in multiple.values()):  # chunks of K channels, cheapest error per channel first
+            return dict(pick_chunks(families, n0, score, multiple.get, float(total), _ChannelCount(), exact=True))
         ranked = []
         for fam in families:
             for s in score(fam):
@@ -324,6 +439,26 @@ class Prune(Pass):
                 want[fam] += 1
                 total -= 1
         return dict(want)
+
+
+class _ChannelCount:
+    """The cost model of a ratio of channels: every channel costs 1 (`pick_chunks`)."""
+
+    def __init__(self):
+        self.dropped: Counter = Counter()
+
+    def saved(self, fam: tuple, d: int) -> float:
+        return float(d)
+
+
+def _merge_stats(a: dict, b: dict) -> dict:
+    """The counts of two rounds of the schedule added; the compensation layers of both listed."""
+    out = dict(a)
+    for key in ("groups_removed", "pairs_merged", "steps"):
+        out[key] = a.get(key, 0) + b.get(key, 0)
+    if "compensation" in a and "compensation" in b:
+        out["compensation"] = {**a["compensation"], "layers": a["compensation"]["layers"] + b["compensation"]["layers"]}
+    return out
 
 
 def _input_bounds(graph: gs.Graph, ctx: Context) -> dict | None:

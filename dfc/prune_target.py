@@ -1,0 +1,107 @@
+"""The measured side of `prune --target-*`: the reference, the prediction the search steers by, and the check.
+
+Target kinds, each a ratio against the model as it entered the prune pass (the original's layers and channels):
+- `macs`: Σ layer MACs (`dfc.layer_cost.MacsCost`); exact, the prediction is the measurement.
+- `size`: bytes of the serialized model, quantized weights at their bit width (`BytesCost`) plus the bytes no layer
+  accounts for (the rest of the graph, held fixed); checked by serializing the pruned graph (quantized: its QDQ form).
+- `latency`: ORT latency (batch, threads as the report's measurement, no spinning); predicted as
+  T_v(g0)/T(g0) · Σ_layers t_v(g) / Σ_layers t_v(g0), t_v the per-layer model (`LatencyCost`, float or QDQ layers)
+  and T_v(g0) the measured unpruned graph in the variant that will be shipped (float, or QDQ when quantizing); checked
+  by timing the pruned graph against the original, alternating. The QDQ variant used for the check and the reference
+  is quantized with throw-away ranges (Gaussian min/max): its ops, and so its kernels and time, are those of the final
+  model, its accuracy is irrelevant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from dfc import ir
+from dfc.channel_budget import LayerCosts
+from dfc.layer_cost import BytesCost, LatencyCost, MacsCost
+from dfc.pipeline import Context
+
+KINDS = ("latency", "size", "macs")
+
+
+class TargetMeter:
+    """Reference value, prediction and measurement of one target kind (see the module docstring)."""
+
+    def __init__(self, graph: gs.Graph, kind: str, ctx: Context, bits: dict[str, int] | None, quant: dict | None,
+                 batch: int = 64, threads: int = 2, rounds: int = 10):
+        self.kind, self.ctx, self.bits, self.quant = kind, ctx, bits, quant
+        self.batch, self.threads, self.rounds = batch, threads, rounds
+        self.original = ir.export_model(graph)
+        self.cost = {"macs": MacsCost(), "size": BytesCost(),
+                     "latency": LatencyCost(batch=batch, threads=threads, quantized=quant is not None)}[kind]
+        self.layers0 = self.layer_total(graph)
+        self.x = None
+        if kind == "size":  # against the user's file; the output carries dfc's metadata too
+            self.reference = float(ctx.original_bytes or self.original.ByteSize())
+            self.rest = float(self._shipped(self.original).ByteSize()) - LayerCosts.of(graph, {}, BytesCost(), None).total()
+        elif kind == "latency":
+            self.x = _timing_batch(graph, ctx, batch)
+            med = self._time({"original": self.original, "variant": self.variant(graph)})
+            self.reference, self.variant0 = med["original"], med["variant"]
+        else:
+            self.reference = self.layers0
+
+    def layer_total(self, graph: gs.Graph) -> float:
+        return LayerCosts.of(graph, {}, self.cost, self.bits if self.kind != "macs" else None).total()
+
+    def predicted_ratio(self, layer_total: float) -> float:
+        """The target ratio of a graph whose layers cost `layer_total` (in the cost model's units)."""
+        if self.kind == "macs":
+            return layer_total / self.reference
+        if self.kind == "size":
+            return (layer_total + self.rest) / self.reference
+        return self.variant0 / self.reference * layer_total / self.layers0
+
+    def measured_ratio(self, graph: gs.Graph) -> float:
+        """The target ratio of `graph` as shipped: MACs counted, bytes serialized, latency timed against the original."""
+        if self.kind == "macs":
+            return self.layer_total(graph) / self.reference
+        if self.kind == "size":
+            return float(self._shipped(self.variant(graph)).ByteSize()) / self.reference
+        med = self._time({"original": self.original, "pruned": self.variant(graph)})
+        return med["pruned"] / med["original"]
+
+    def variant(self, graph: gs.Graph) -> onnx.ModelProto:
+        """`graph` as it will be shipped: float, or quantized (QDQ) with throw-away Gaussian min/max ranges."""
+        model = ir.export_model(graph)
+        if self.quant is None:
+            return model
+        from dfc import probe
+        from dfc.pipeline import PassManager, get_pass
+
+        q = get_pass("quantize", wbits=self.quant["wbits"], abits=self.quant["abits"],
+                     first_last_bits=self.quant["first_last_bits"], calib="gaussian", calib_samples=2,
+                     calibrator="minmax", bias_correction=False)
+        return PassManager([q]).run(model, probe.trial_context(self.ctx))
+
+    def _shipped(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """`model` with the metadata the output will carry (BN statistics, normalisation)."""
+        from dfc.pipeline import output_metadata
+
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        meta = {p.key: p.value for p in out.metadata_props}
+        meta.update(output_metadata(self.ctx))
+        del out.metadata_props[:]
+        for k, v in meta.items():
+            out.metadata_props.add(key=k, value=v)
+        return out
+
+    def _time(self, models: dict) -> dict:
+        from dfc.latency import median_latencies
+
+        return median_latencies(models, self.x, threads=self.threads, rounds=self.rounds)[0]
+
+
+def _timing_batch(graph: gs.Graph, ctx: Context, batch: int) -> np.ndarray:
+    from dfc import calibration
+
+    _, shape = calibration.input_spec(graph)
+    return calibration.gaussian_samples(shape, batch, ctx.rng(salt=5), ctx.sample_range())
