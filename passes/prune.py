@@ -50,6 +50,7 @@ from dfc.surgery import is_dead, remove_groups
 
 CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
 TARGET_ROUNDS = 3
+UNIFORM_MAX = 0.95  # the largest uniform ratio a target search tries
 PROBE_SAMPLES, PROBE_SALT = 256, 3
 SCOPES = ("inner", "all")
 
@@ -150,7 +151,7 @@ class Prune(Pass):
         top-1 83.4 vs 72.2). Unchecked, with a note, when no probe batch can be made."""
         o = self.options
         x = probe.inputs(graph, ctx, PROBE_SAMPLES, salt=PROBE_SALT, purpose="prune: the check of UDFC compensation")
-        ranks = [True] if o["target"] is not None else [False, True] if o["global_rank"] == "auto" else [bool(o["global_rank"])]
+        ranks = [False, True] if o["global_rank"] == "auto" else [bool(o["global_rank"])]
         comps = [o["compensate"], "none"] if o["compensate"] != "none" else ["none"]
         if x is None:
             return Prune(**{**o, "global_rank": ranks[0]})._schedule(graph, ctx, None)
@@ -242,6 +243,8 @@ class Prune(Pass):
             last: dict = {"exhausted": False, "predicted": None}
 
             def want(k, graph, families, n0, removed, scores_of, aim=aim, last=last):
+                if o["global_rank"] is not True:
+                    return self._uniform_toward(k, graph, families, n0, removed, scores_of, meter, aim, last)
                 costs = LayerCosts.of(graph, families, meter.cost, bits if kind != "macs" else None)
                 layers = costs.total()
                 pred = meter.predicted_ratio(layers)
@@ -266,7 +269,8 @@ class Prune(Pass):
             total = stats if total is None else _merge_stats(total, stats)
             if measured <= goal or last["exhausted"]:
                 break
-            aim = aim * goal / measured
+            # the miss as a ratio and as an offset (a size prediction misses by the bytes of the quantizers)
+            aim = min(aim * goal / measured, last["predicted"] - (measured - goal) * 1.05)
         measured = rounds[-1]["measured"]
         total["target"] = {"kind": kind, "ratio": goal, "measured": measured, "met": measured <= goal,
                            "predicted": rounds[-1]["predicted"], "search": rounds, "quantized": o["quant"] is not None,
@@ -277,6 +281,36 @@ class Prune(Pass):
                      f"({'no more channels could go' if rounds[-1]['aim'] and last['exhausted'] else f'{len(rounds)} search rounds'}"
                      f"; scope {o['scope']!r}, channel multiple {o['multiple']})")
         return graph, total
+
+    def _uniform_toward(self, k: int, graph: gs.Graph, families: dict, n0: Counter, removed: Counter, scores_of,
+                        meter: TargetMeter, aim: float, last: dict) -> dict | None:
+        """The uniform schedule toward a target: at the first step, the smallest ratio whose aligned per-layer counts
+        the cost model predicts at or below `aim` (bisection); then steps of `step` up to it."""
+        o = self.options
+        bits = meter.bits if meter.kind != "macs" else None
+        multiple = {f: self._multiple_of(families[f]) for f in families}
+
+        def predicted(r: float) -> float:
+            costs = LayerCosts.of(graph, families, meter.cost, bits)
+            costs.dropped = Counter({f: n0[f] - aligned_keep(n0[f], r, multiple[f]) for f in families})
+            return meter.predicted_ratio(costs.total())
+
+        if k == 1:
+            lo, hi = 0.0, UNIFORM_MAX
+            if predicted(hi) > aim:
+                last["exhausted"], last["ratio"] = True, hi
+            else:
+                for _ in range(12):
+                    mid = (lo + hi) / 2
+                    lo, hi = (lo, mid) if predicted(mid) <= aim else (mid, hi)
+                last["ratio"] = hi
+        r = last["ratio"]
+        step = float(o["step"])
+        if (k - 1) * step >= r:
+            last["predicted"] = predicted(0.0) if k > 1 else last.get("predicted")
+            return None
+        last["predicted"] = predicted(r) if k == 1 else last["predicted"]
+        return self._targets(families, n0, removed, min(r, k * step), scores_of)
 
     def _steps(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None, desc: str, want_of, total: int
                ) -> tuple[gs.Graph, dict]:

@@ -87,6 +87,10 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
         (["--finetune", "kd", "--finetune-steps", "-1"], "--finetune-steps must be an integer >= 0"),
         (["--input-mean", "0.5,0.5", "--input-std", "0.5,0.5"], "the model input has 1 channels"),
         (["--input-mean", "a"], "--input-mean: expected comma-separated numbers"),
+        (["--prune", "0.3", "--target-latency", "0.5"], "--prune and --target-latency are exclusive"),
+        (["--target-size", "0.5", "--target-macs", "0.5"], "give one target"),
+        (["--target-latency", "0"], "--target-latency must be a ratio in (0, 1]"),
+        (["--prune", "0.3", "--channel-multiple", "0"], "--channel-multiple must be an integer >= 1"),
     ],
 )
 def test_bad_options_exit_2_and_write_nothing(tmp_path, capsys, args, message):
@@ -94,6 +98,15 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     assert main(["optimize", str(DEMO), "-o", str(out), "-q", *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_target_macs_on_the_demo_model_reports_the_target(tmp_path, capsys):
+    out, rep = tmp_path / "t.onnx", tmp_path / "t.json"
+    assert main(["optimize", str(DEMO), "-o", str(out), "--report", str(rep), "--no-quant", "--no-measure",
+                 "--target-macs", "0.7", "--prune-scope", "all", "--channel-multiple", "8"]) == 0
+    r = json.loads(rep.read_text())
+    assert r["target"]["met"] and r["after"]["macs"] <= 0.7 * r["before"]["macs"]
+    assert "target macs <= 0.7x: output" in capsys.readouterr().out
 
 
 def test_prune_on_the_demo_model_writes_a_smaller_valid_model(tmp_path):

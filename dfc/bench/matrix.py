@@ -9,7 +9,9 @@ Names:
 - `ort-{u8|s8}-{gaussian|real}`: ONNX Runtime `quantize_static` (QDQ, per-channel int8 weights, uint8
   or int8 activations), calibrated on Gaussian noise (data-free) or 256 real JPEG images (not data-free).
 
-`prune` is `p0`, `p0.3inner` or `p0.5all` (ratio and scope); `comp` is `udfc` (dfc's defaults: udfc
+`prune` is `p0`, `p0.3inner` or `p0.5all` (ratio and scope), or a target the pruning search meets (measured on this
+machine): `tlat0.6` (ORT latency ratio), `tsize0.25` (file size ratio), `tmacs0.5` (MACs ratio), all with the
+default channel multiple and `all` scope; `comp` is `udfc` (dfc's defaults: udfc
 criterion, compensation and requantization) or `none` (plain L1 pruning: `l1-prebn` criterion, no
 compensation, no requantization).
 """
@@ -27,9 +29,12 @@ CALIBS = ("gaussian", "bns", "bns+inception")
 PRUNINGS = ("p0", "p0.3inner", "p0.5all")
 COMPENSATIONS = ("none", "udfc")
 ORT_BASELINES = ("ort-u8-gaussian", "ort-s8-gaussian", "ort-u8-real", "ort-s8-real")
+TARGET_ROWS = ("float-tlat0.6-udfc", "float-tmacs0.5-udfc", "w8a8-bns-tlat0.3-udfc", "w8a8-bns-tsize0.25-udfc")
+TARGET_KEYS = {"lat": "target_latency", "size": "target_size", "macs": "target_macs"}
 
 _DFC = re.compile(r"^(?:w(?P<w>[2-8])a(?P<a>[2-8])-(?P<calib>gaussian|bns|inception|bns\+inception)|float)"
-                  r"-p(?P<ratio>0(?:\.\d+)?)(?P<scope>inner|all)?-(?P<comp>none|udfc)$")
+                  r"-(?:p(?P<ratio>0(?:\.\d+)?)(?P<scope>inner|all)?|t(?P<tkind>lat|size|macs)(?P<tval>(?:0\.\d+|1)))"
+                  r"-(?P<comp>none|udfc)$")
 _ORT = re.compile(r"^ort-(?P<act>u8|s8)-(?P<calib>gaussian|real)$")
 
 
@@ -44,6 +49,7 @@ class Config:
     scope: str = "inner"
     compensate: str = "udfc"
     activations: str | None = None  # ORT baseline: uint8 | int8
+    target: tuple | None = None  # (dfc option, ratio), e.g. ("target_latency", 0.6)
 
     @property
     def precision(self) -> str:
@@ -54,6 +60,8 @@ class Config:
     def dfc_options(self) -> dict:
         """`dfc.optimize` options of a dfc row (calibration samples are passed separately)."""
         o: dict = {"prune": self.prune, "prune_scope": self.scope, "compensate": self.compensate}
+        if self.target is not None:
+            o[self.target[0]] = self.target[1]
         if self.compensate == "none":
             o["criterion"] = "l1-prebn"
         if self.wbits is None:
@@ -73,6 +81,9 @@ def parse_config(name: str) -> Config:
     if not m:
         raise DfcError(f"--configs: unknown configuration {name!r} (e.g. fp32, w4a4-bns-p0.3inner-udfc, "
                        f"float-p0.5all-none, ort-u8-gaussian)")
+    if m["tkind"]:
+        return Config(name, "dfc", int(m["w"]) if m["w"] else None, int(m["a"]) if m["a"] else None, m["calib"],
+                      0.0, "all", m["comp"], target=(TARGET_KEYS[m["tkind"]], float(m["tval"])))
     ratio = float(m["ratio"])
     if ratio > 0 and not m["scope"]:
         raise DfcError(f"--configs: {name!r} prunes but names no scope (p{ratio}inner or p{ratio}all)")
@@ -85,7 +96,7 @@ def full_matrix() -> list[str]:
     names = ["fp32", *ORT_BASELINES]
     names += [f"float-{p}-{c}" for p in PRUNINGS[1:] for c in COMPENSATIONS]
     names += [f"{q}-{cal}-{p}-{c}" for q in PRECISIONS for cal in CALIBS for p in PRUNINGS for c in COMPENSATIONS]
-    return names
+    return names + list(TARGET_ROWS)
 
 
 QUICK_MODELS = ("resnet20",)

@@ -12,6 +12,8 @@ COLUMNS = ["config", "precision", "calibration", "pruning", "compensation", "top
 
 
 def _pruning(row: dict) -> str:
+    if row.get("target"):
+        return f"target {row['target']}"
     return f"{row['prune']:g} {row['scope']}" if row.get("prune") else "-"
 
 

@@ -186,6 +186,7 @@ class ModelBench:
     def row(self, cfg: Config) -> dict:
         base = {"model": self.spec.name, "config": cfg.name, "kind": cfg.kind, "precision": cfg.precision,
                 "calib": cfg.calib, "prune": cfg.prune, "scope": cfg.scope if cfg.prune else None,
+                "target": f"{cfg.target[0][len('target_'):]} {cfg.target[1]:g}" if cfg.target else None,
                 "compensate": cfg.compensate if cfg.kind == "dfc" else None, "activations": cfg.activations}
         try:
             model, seconds, calib_seconds, notes = self.compress(cfg)
