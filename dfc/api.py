@@ -359,7 +359,8 @@ def load_calibration(path, mean=None, std=None) -> np.ndarray:
 
 def optimize(model_or_path, **options) -> onnx.ModelProto:
     """Compress a model data-free. Options (defaults): prune=0, prune_scope='inner', criterion='udfc',
-    prune_step=0.05, prune_rank='auto' (prune_global=True: 'global'),
+    prune_step=0.05, prune_rank='auto' (prune_global=True: 'global'), channel_multiple=None (the CPU's NCHWc block; 1: off),
+    target_latency / target_size / target_macs=None (a ratio instead of `prune`),
     compensate='udfc', udfc_partners='nnls', udfc_loss='bn', udfc_check=True, alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
     first_last_bits=8, no_quant=False, calib=None (best
     available), calib_samples=None (256 Gaussian; BNS: the inverter's work budget), calibrator='mse', seed=0, input_mean/input_std=None."""

@@ -275,10 +275,10 @@ class Prune(Pass):
         total["target"] = {"kind": kind, "ratio": goal, "measured": measured, "met": measured <= goal,
                            "predicted": rounds[-1]["predicted"], "search": rounds, "quantized": o["quant"] is not None,
                            "cost_model": type(meter.cost).__name__,
-                           "layers_timed": getattr(meter.cost, "measured", None)}
+                           "layers_timed": getattr(meter.cost, "measured", None)}  # shapes timed now, not from the cache
         if measured > goal:
             ctx.note(f"prune: target {kind} {goal:g}x not met: the closest result measured {measured:.3g}x "
-                     f"({'no more channels could go' if rounds[-1]['aim'] and last['exhausted'] else f'{len(rounds)} search rounds'}"
+                     f"({'no more channels could go' if last['exhausted'] else f'{len(rounds)} search rounds'}"
                      f"; scope {o['scope']!r}, channel multiple {o['multiple']})")
         return graph, total
 

@@ -86,7 +86,7 @@ def chain_cnn(seed=0, proportional=None, width=6, convs=2):
 
 
 def _prune(model, **kw):
-    return optimize_with_report(model, no_quant=True, measure=False, prune_scope="inner", **kw)
+    return optimize_with_report(model, no_quant=True, measure=False, prune_scope="inner", channel_multiple=1, **kw)
 
 
 def _channels(model, name):
