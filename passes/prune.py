@@ -124,7 +124,7 @@ class Prune(Pass):
         before = _layer_shapes(graph)
         analysis = ChannelAnalysis(graph)
         res: dict = {"ratio": o["ratio"], "scope": o["scope"], "criterion": o["criterion"], "step": o["step"],
-                     "global": o["global_rank"] is True or o["target"] is not None, "multiple": int(o["multiple"]),
+                     "global": o["global_rank"] is True, "multiple": int(o["multiple"]),
                      "blocked": _blocked_summary(analysis.groups)}
         dead = [g for g in analysis.groups if is_dead(g, analysis)]
         graph = remove_groups(graph, analysis, dead, ctx)

@@ -101,6 +101,17 @@ def test_target_macs_is_met_and_reported():
     assert all(c % 8 == 0 for c in list(_channels(out).values())[:2])
 
 
+@pytest.mark.parametrize("rank", ["uniform", "global"])
+def test_both_rankings_search_toward_a_target(rank):
+    """Uniform: the smallest ratio whose aligned counts meet the predicted target (bisection); global: chunks."""
+    out, rep = prune(_wide(), target_macs=0.7, channel_multiple=8, compensate="none", prune_rank=rank)
+    t = rep["passes"]["prune"]["target"]
+    assert t["met"] and rep["after"]["macs"] <= 0.7 * rep["before"]["macs"]
+    assert rep["passes"]["prune"]["global"] is (rank == "global")
+    ch = _channels(out)
+    assert ch["conv1"] % 8 == 0 and ch["conv2"] % 8 == 0 and ch["conv1"] + ch["conv2"] < 48
+
+
 def test_unreachable_target_is_said_with_the_closest_result():
     out, rep = prune(_wide(), target_macs=0.01, channel_multiple=8, compensate="none")
     t = rep["passes"]["prune"]["target"]
