@@ -119,23 +119,23 @@ class ChainedLatency:
     def measured(self) -> int:
         return self.raw.measured
 
-    def elements(self, spec) -> float:
-        hw_in = float(np.prod(spec.hw)) if spec.hw else 1.0
-        hw_out = float(np.prod(spec.out_hw)) if spec.hw else 1.0
-        return self.batch * (spec.c_in * hw_in + spec.c_out * hw_out)
-
     def __call__(self, spec) -> float:
         t = self.raw(spec)
-        return max(t - self.alpha * self.elements(spec), 0.1 * t)
+        return max(t - self.alpha * _activation_elements(spec, self.batch), 0.1 * t)
 
     @classmethod
     def fitted(cls, raw, graph: gs.Graph, bits: dict | None, measured: float, batch: int) -> "ChainedLatency":
-        layers = LayerCosts.of(graph, {}, raw, bits)
-        specs = [lay.spec for lay in layers.layers.values()]
+        specs = [lay.spec for lay in LayerCosts.of(graph, {}, raw, bits).layers.values()]
         total = sum(raw(s) for s in specs)
-        probe = cls(raw, 0.0, batch)
-        elems = sum(probe.elements(s) for s in specs)
+        elems = sum(_activation_elements(s, batch) for s in specs)
         return cls(raw, max(total - measured, 0.0) / elems if elems else 0.0, batch)
+
+
+def _activation_elements(spec, batch: int) -> float:
+    """Input plus output elements of a layer over the batch (what a layout conversion moves)."""
+    hw_in = float(np.prod(spec.hw)) if spec.hw else 1.0
+    hw_out = float(np.prod(spec.out_hw)) if spec.hw else 1.0
+    return batch * (spec.c_in * hw_in + spec.c_out * hw_out)
 
 
 def _timing_batch(graph: gs.Graph, ctx: Context, batch: int) -> np.ndarray:

@@ -251,8 +251,7 @@ class Prune(Pass):
                 last["predicted"] = pred
                 if pred <= aim:
                     return None
-                slope = meter.predicted_ratio(layers) - meter.predicted_ratio(0.0)
-                need = (pred - aim) / (slope / layers) if layers > 0 else 0.0
+                need = (pred - aim) * meter.reference  # the prediction is (layers + rest) / reference
                 budget = min(need, float(o["step"]) * meter.layers0)
                 got = pick_chunks(families, n0, scores_of, lambda f: self._multiple_of(families[f]), budget, costs, exact=False)
                 if not got:
@@ -290,8 +289,9 @@ class Prune(Pass):
         bits = meter.bits if meter.kind != "macs" else None
         multiple = {f: self._multiple_of(families[f]) for f in families}
 
+        costs = LayerCosts.of(graph, families, meter.cost, bits)
+
         def predicted(r: float) -> float:
-            costs = LayerCosts.of(graph, families, meter.cost, bits)
             costs.dropped = Counter({f: n0[f] - aligned_keep(n0[f], r, multiple[f]) for f in families})
             return meter.predicted_ratio(costs.total())
 
