@@ -73,6 +73,7 @@ class LayerCosts:
                 spec = spec_of(n, (bits or {}).get(n.name, 32))
                 if spec is not None:
                     self.layers[n.name] = _Layer(spec)
+        tensors = graph.tensors() if families else {}
         for fam, groups in families.items():
             g = groups[0]
             names = set()
@@ -85,7 +86,7 @@ class LayerCosts:
                     self.layers[node.name].in_fam, self.layers[node.name].in_mult = fam, len(feats)
                     names.add(node.name)
             for tname in g.members:
-                t = graph.tensors().get(tname)
+                t = tensors.get(tname)
                 for c in ir.consumers(t) if t is not None else ():
                     lay = self.layers.get(c.name)
                     if lay is not None and lay.spec.depthwise and c.inputs[0] is t:
