@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "target_latency": None,  # ratios against the original: prune until the measured target is met (passes/prune.py)
     "target_size": None,
     "target_macs": None,
+    "prune_depth": "auto",  # on | off | auto: remove whole residual branches first toward a target (auto: when fine-tuning)
     "compensate": "udfc",
     "udfc_requant": True,
     "udfc_check": True,  # keep the pruning compensation only where it lowers the error on synthetic probe inputs
@@ -72,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
 
 GAUSSIAN_SAMPLES = 256
 PRUNE_RANKS = ("auto", "uniform", "global")
+PRUNE_DEPTHS = ("auto", "on", "off")
 TARGETS = ("target_latency", "target_size", "target_macs")
 
 
@@ -81,6 +83,19 @@ def prune_target(o: dict) -> tuple[str, float] | None:
         if o[key] is not None:
             return key[len("target_"):], float(o[key])
     return None
+
+
+def prune_depth(o: dict) -> bool:
+    """Whether a target search removes whole residual branches before channels: `--prune-depth on`, or `auto` with
+    fine-tuning, which recovers a model without some of its blocks far better than one with thinner layers
+    (README: pruning that makes models faster)."""
+    return o["prune_depth"] == "on" or (o["prune_depth"] == "auto" and o["finetune"] is not None)
+
+
+def uses_samples(o: dict) -> bool:
+    """Whether the run needs calibration samples (synthesized, or --calib-data): to quantize, to fine-tune, or as
+    the probe that ranks residual branches for depth pruning (Gaussian noise would rank them by noise)."""
+    return not o["no_quant"] or o["finetune"] is not None or (prune_depth(o) and prune_target(o) is not None)
 
 
 def resolve_options(options: dict) -> dict:
@@ -105,6 +120,8 @@ def resolve_options(options: dict) -> dict:
         o["channel_multiple"] = nchwc_block() or 1
     if not isinstance(o["channel_multiple"], (int, np.integer)) or int(o["channel_multiple"]) < 1:
         raise DfcError(f"--channel-multiple must be an integer >= 1, got {o['channel_multiple']!r}")
+    if o["prune_depth"] not in PRUNE_DEPTHS:
+        raise DfcError(f"--prune-depth must be one of {', '.join(PRUNE_DEPTHS)}, got {o['prune_depth']!r}")
     if o["prune_rank"] not in PRUNE_RANKS:
         raise DfcError(f"--prune-rank must be one of {', '.join(PRUNE_RANKS)}, got {o['prune_rank']!r}")
     if o["prune_global"]:
@@ -172,7 +189,7 @@ def build_passes(o: dict, ctx: Context) -> list:
     if tuning:
         passes.append(get_pass("snapshot", key="teacher"))
     calib = None
-    if (quantizing or tuning) and o["calib_data"] is None:
+    if uses_samples(o) and o["calib_data"] is None:
         calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
         if o["calib"] is None and calib == "gaussian":
             ctx.note("no BatchNorm statistics: calibrating on Gaussian noise (the BNS inverter needs them)")
@@ -184,7 +201,7 @@ def build_passes(o: dict, ctx: Context) -> list:
                  alpha_p=float(o["alpha_p"]), alpha_q=float(o["alpha_q"]), partners=o["udfc_partners"],
                  loss=o["udfc_loss"], check=bool(o["udfc_check"]), weight_bits=(o["wbits"], o["first_last_bits"]) if quantizing and compensating else None,
                  multiple=int(o["channel_multiple"]), target=prune_target(o), threads=int(o["threads"]),
-                 latency_batch=int(o["probe_samples"]),
+                 latency_batch=int(o["probe_samples"]), depth=prune_depth(o),
                  quant={k: o[k] for k in ("wbits", "abits", "first_last_bits")} if quantizing else None),
     ]
     if quantizing and compensating and o["udfc_requant"]:
@@ -320,8 +337,8 @@ def _check_save_calib(o: dict, ctx: Context) -> None:
     if not path:
         return
     method = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
-    if (o["no_quant"] and o["finetune"] is None) or o["calib_data"] is not None or method == "gaussian":
-        why = "--no-quant" if o["no_quant"] and o["finetune"] is None else "--calib-data" if o["calib_data"] is not None else (
+    if not uses_samples(o) or o["calib_data"] is not None or method == "gaussian":
+        why = "--no-quant" if not uses_samples(o) else "--calib-data" if o["calib_data"] is not None else (
             "--calib gaussian" if o["calib"] else "the model has no BatchNorm statistics, so calibration uses Gaussian noise")
         raise DfcError(f"--save-calib {path}: this run synthesizes no calibration samples ({why})")
     folder = os.path.dirname(os.path.abspath(str(path)))

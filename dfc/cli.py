@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "counts quantization when it is on")
     o.add_argument("--target-size", type=float, help="prune until the file is at most R times the original's")
     o.add_argument("--target-macs", type=float, help="prune until the MACs are at most R times the original's")
+    o.add_argument("--prune-depth", choices=("auto", "on", "off"),
+                   help="toward a target, remove whole residual branches (least error on the synthetic probe per cost "
+                        "saved) before channels; auto (default): when --finetune is given, which recovers removed "
+                        "branches better than thinner layers")
     o.add_argument("--compensate", choices=COMPENSATIONS,
                    help="data-free compensation of pruned and quantized channels (default udfc)")
     o.add_argument("--udfc-partners", choices=UDFC_PARTNERS,
@@ -193,8 +197,10 @@ def cmd_optimize(args) -> int:
         raise DfcError(f"-o {dst} is the input file; refusing to overwrite it (use --force)")
     if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits)):
         raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits")
-    if args.no_quant and not args.finetune and any(v is not None for v in (args.calib, args.calib_data, args.save_calib)):
-        raise DfcError("--no-quant without --finetune uses no samples: --calib/--calib-data/--save-calib do not apply")
+    depth_probe = args.prune_depth == "on" and any(v is not None for v in (args.target_latency, args.target_size, args.target_macs))
+    if args.no_quant and not args.finetune and not depth_probe and any(v is not None for v in (args.calib, args.calib_data, args.save_calib)):
+        raise DfcError("--no-quant without --finetune (or --prune-depth on with a target) uses no samples: "
+                       "--calib/--calib-data/--save-calib do not apply")
     if args.calib_data and args.calib:
         raise DfcError("--calib-data and --calib are exclusive (the data replaces the generator)")
     progress.set_enabled(not args.quiet)
@@ -208,7 +214,7 @@ def cmd_optimize(args) -> int:
         udfc_requant=False if args.no_requant else None, udfc_check=False if args.no_udfc_check else None,
         prune_step=args.prune_step, prune_global=args.prune_global or None, prune_rank=args.prune_rank,
         channel_multiple=args.channel_multiple, target_latency=args.target_latency, target_size=args.target_size,
-        target_macs=args.target_macs,
+        target_macs=args.target_macs, prune_depth=args.prune_depth,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
         calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, bias_correction=False if args.no_bias_correction else None, seed=args.seed,
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,

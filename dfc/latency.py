@@ -23,9 +23,10 @@ def median_latencies(
     rounds: int = 20,
     warmup: int = 2,
     progress: str | None = None,
+    samples: dict | None = None,
 ) -> tuple[dict[str, float], int]:
     """(name -> median seconds of one `session.run` on batch `x`, batch size used), alternating
-    between models."""
+    between models; `samples` (a dict) receives every round's seconds per model."""
     from dfc.progress import progress_bar
     from dfc.runtime import fixed_batch, make_session
 
@@ -43,6 +44,8 @@ def median_latencies(
             t0 = time.perf_counter()
             s.run(None, feeds[k])
             times[k].append(time.perf_counter() - t0)
+    if samples is not None:
+        samples.update(times)
     return {k: float(np.median(v)) for k, v in times.items()}, int(len(x))
 
 

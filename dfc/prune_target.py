@@ -35,6 +35,7 @@ class TargetMeter:
     def __init__(self, graph: gs.Graph, kind: str, ctx: Context, bits: dict[str, int] | None, quant: dict | None,
                  batch: int = 64, threads: int = 2, rounds: int = 20):
         self.kind, self.ctx, self.bits, self.quant = kind, ctx, bits, quant
+        self.margin = 0.0  # the last measurement's uncertainty (latency: the standard error of the median ratio)
         self.batch, self.threads, self.rounds = batch, threads, rounds
         self.original = ir.export_model(graph)
         self.cost = {"macs": MacsCost(), "size": BytesCost(),
@@ -68,7 +69,10 @@ class TargetMeter:
             return self.layer_total(graph) / self.reference
         if self.kind == "size":
             return float(self._shipped(self.variant(graph)).ByteSize()) / self.reference
-        med = self._time({"original": self.original, "pruned": self.variant(graph)})
+        rounds: dict = {}
+        med = self._time({"original": self.original, "pruned": self.variant(graph)}, rounds)
+        ratios = np.asarray(rounds["pruned"]) / np.asarray(rounds["original"])
+        self.margin = float(1.2533 * ratios.std() / np.sqrt(len(ratios)))  # standard error of a median
         return med["pruned"] / med["original"]
 
     def variant(self, graph: gs.Graph) -> onnx.ModelProto:
@@ -97,10 +101,10 @@ class TargetMeter:
             out.metadata_props.add(key=k, value=v)
         return out
 
-    def _time(self, models: dict) -> dict:
+    def _time(self, models: dict, samples: dict | None = None) -> dict:
         from dfc.latency import median_latencies
 
-        return median_latencies(models, self.x, threads=self.threads, rounds=self.rounds)[0]
+        return median_latencies(models, self.x, threads=self.threads, rounds=self.rounds, samples=samples)[0]
 
 
 class ChainedLatency:

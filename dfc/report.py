@@ -77,7 +77,13 @@ def _target_lines(report: dict) -> list[str]:
         rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g}, "
                            f"{r['groups_removed']} channels" for r in searched["search"])
         line += f"; search ({searched['cost_model']}, channel multiple {report['passes']['prune'].get('multiple')}): {rounds}"
-    return [line]
+    depth = report.get("passes", {}).get("prune", {}).get("depth")
+    if depth is None:
+        return [line]
+    rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g}"
+                       for r in depth["rounds"])
+    return [line, f"depth: {len(depth['removed'])} of {depth['candidates']} residual branches removed "
+                  f"(least {depth['probe']} probe error per cost saved first){': ' + rounds if rounds else ''}"]
 
 
 def _compensation_lines(passes: dict) -> list[str]:

@@ -52,6 +52,7 @@ CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
 TARGET_ROUNDS = 3
 UNIFORM_MAX = 0.95  # the largest uniform ratio a target search tries
 PROBE_SAMPLES, PROBE_SALT = 256, 3
+DEPTH_PROBE_SAMPLES = 64  # per candidate branch and removal: one ORT run each
 SCOPES = ("inner", "all")
 
 
@@ -104,7 +105,7 @@ class Prune(Pass):
         return {"ratio": 0.0, "scope": "inner", "criterion": "udfc", "step": 0.05, "global_rank": False,
                 "compensate": "none", "partners": "nnls", "loss": "bn", "alpha_p": 0.0, "alpha_q": 1000.0,
                 "weight_bits": None, "check": True, "multiple": 1, "target": None, "quant": None, "threads": 2,
-                "latency_batch": 64}
+                "latency_batch": 64, "depth": False}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         o = self.options
@@ -129,11 +130,15 @@ class Prune(Pass):
         dead = [g for g in analysis.groups if is_dead(g, analysis)]
         graph = remove_groups(graph, analysis, dead, ctx)
         res["dead_groups_removed"] = len(dead)
+        if o["target"] is not None and o["depth"]:
+            graph, res["depth"] = self._remove_branches(graph, ctx)
+            dead = True  # the analysis is stale
         if o["ratio"] > 0 or o["target"] is not None:
             if o["check"] and (o["compensate"] != "none" or o["global_rank"] == "auto"):
                 graph, stats = self._checked_schedule(graph, ctx)
             else:
                 runner = self if o["global_rank"] != "auto" else Prune(**{**o, "global_rank": False})
+                runner._meter = self._meter
                 graph, stats = runner._schedule(graph, ctx, None if dead else analysis)
             res.update(stats)
         res["layers"] = _layer_report(before, _layer_shapes(graph))
@@ -187,6 +192,48 @@ class Prune(Pass):
         return g, stats
 
     _meter: TargetMeter | None = None
+
+    def _remove_branches(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
+        """Depth pruning before channel pruning (`depth`): whole residual branches go, least probe error per unit of
+        predicted cost first, until the cost model predicts the target (`dfc.branches.remove_toward`); then the
+        graph is measured and, while the measurement misses, the aim is tightened as in `_target_rounds` (at most
+        TARGET_ROUNDS rounds). Channel pruning then takes what remains of the target. At one latency, removing
+        branches loses less than removing channels once fine-tuned: ResNet-56 at 0.6×, 12 branches + kd 90 top-1
+        vs channels 80."""
+        from dfc.branches import remove_toward
+        from dfc.layer_cost import spec_of
+
+        meter = self._target_meter(graph, ctx)
+        bits = meter.bits if meter.kind != "macs" else None
+        x = probe.inputs(graph, ctx, DEPTH_PROBE_SAMPLES, salt=PROBE_SALT, purpose="prune: depth (branch removal)")
+        if x is None:
+            return graph, {"candidates": 0, "removed": [], "rounds": []}
+        ref = probe.outputs(graph, x)
+        nodes = {n.name: n for n in graph.nodes}
+
+        def cost(branch) -> float:
+            specs = [spec_of(nodes[name], (bits or {}).get(name, 32)) for name in branch.layers]
+            return float(sum(meter.cost(s) for s in specs if s is not None))
+
+        def predicted(g: gs.Graph) -> float:
+            return meter.predicted_ratio(meter.layer_total(g))
+
+        goal = float(self.options["target"][1])
+        aim, report = goal, {"candidates": None, "removed": [], "rounds": [], "probe": probe.source(ctx)}
+        for _ in range(TARGET_ROUNDS):
+            graph, rep = remove_toward(graph, ctx.bn_stats, x, ref, cost, predicted, aim, desc="prune: residual branches")
+            nodes.update({n.name: n for n in graph.nodes})
+            report["candidates"] = report["candidates"] if report["candidates"] is not None else rep["candidates"]
+            report["removed"] += rep["removed"]
+            measured = meter.measured_ratio(graph)
+            report["rounds"].append({"aim": round_sig(aim), "predicted": round_sig(rep["predicted"]),
+                                     "measured": round_sig(measured), "margin": round_sig(meter.margin),
+                                     "branches_removed": len(rep["removed"])})
+            high = measured + meter.margin
+            if high <= goal or rep["predicted"] > aim:  # met, or no branch left to remove
+                break
+            aim = min(aim * goal / high, rep["predicted"] - (high - goal) * 1.05)
+        return graph, report
 
     def _target_meter(self, graph: gs.Graph, ctx: Context) -> TargetMeter | None:
         """The reference and cost model of `target` (built once, shared by the checked schedule's trials)."""
@@ -264,12 +311,15 @@ class Prune(Pass):
             graph, stats = self._steps(graph, ctx, analysis if rnd == 0 else None, f"{desc} -> {kind} {goal:g}", want, est)
             measured = meter.measured_ratio(graph)
             rounds.append({"aim": round_sig(aim), "predicted": round_sig(last["predicted"]), "measured": round_sig(measured),
-                           "groups_removed": stats["groups_removed"], "steps": stats["steps"]})
+                           "margin": round_sig(meter.margin), "groups_removed": stats["groups_removed"], "steps": stats["steps"]})
             total = stats if total is None else _merge_stats(total, stats)
-            if measured <= goal or last["exhausted"]:
+            # met when the measurement is below the goal by more than its own uncertainty (a timing that meets
+            # the goal only by its noise misses it as often when the output is measured again)
+            high = measured + meter.margin
+            if high <= goal or last["exhausted"]:
                 break
             # the miss as a ratio and as an offset (a size prediction misses by the bytes of the quantizers)
-            aim = min(aim * goal / measured, last["predicted"] - (measured - goal) * 1.05)
+            aim = min(aim * goal / high, last["predicted"] - (high - goal) * 1.05)
         measured = rounds[-1]["measured"]
         total["target"] = {"kind": kind, "ratio": goal, "measured": measured, "met": measured <= goal,
                            "predicted": rounds[-1]["predicted"], "search": rounds, "quantized": o["quant"] is not None,

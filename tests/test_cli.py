@@ -83,7 +83,7 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
         (["--abits", "1"], "--abits must be an integer bit width in 2..8"),
         (["--wbits", "8", "--first-last-bits", "6"], "below the body's width"),
         (["--no-quant", "--wbits", "4"], "--no-quant conflicts"),
-        (["--no-quant", "--calib", "bns"], "--no-quant without --finetune uses no samples"),
+        (["--no-quant", "--calib", "bns"], "--no-quant without --finetune (or --prune-depth on with a target) uses no samples"),
         (["--finetune", "kd", "--finetune-steps", "-1"], "--finetune-steps must be an integer >= 0"),
         (["--input-mean", "0.5,0.5", "--input-std", "0.5,0.5"], "the model input has 1 channels"),
         (["--input-mean", "a"], "--input-mean: expected comma-separated numbers"),
@@ -107,6 +107,17 @@ def test_target_macs_on_the_demo_model_reports_the_target(tmp_path, capsys):
     r = json.loads(rep.read_text())
     assert r["target"]["met"] and r["after"]["macs"] <= 0.7 * r["before"]["macs"]
     assert "target macs <= 0.7x: output" in capsys.readouterr().out
+
+
+def test_prune_depth_without_residual_branches_falls_back_to_channels(tmp_path, capsys):
+    """--prune-depth on takes samples with --no-quant (the probe that ranks branches); the demo CNN has no residual
+    branch, so the target is met by channels alone and the summary says so."""
+    out, rep = tmp_path / "t.onnx", tmp_path / "t.json"
+    assert main(["optimize", str(DEMO), "-o", str(out), "--report", str(rep), "--no-quant", "--no-measure", "--calib", "gaussian",
+                 "--target-macs", "0.7", "--prune-depth", "on", "--prune-scope", "all", "--channel-multiple", "8"]) == 0
+    r = json.loads(rep.read_text())
+    assert r["target"]["met"] and r["passes"]["prune"]["depth"]["candidates"] == 0
+    assert "depth: 0 of 0 residual branches removed" in capsys.readouterr().out
 
 
 def test_prune_on_the_demo_model_writes_a_smaller_valid_model(tmp_path):
