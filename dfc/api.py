@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "target_latency": None,  # ratios against the original: prune until the measured target is met (passes/prune.py)
     "target_size": None,
     "target_macs": None,
-    "prune_depth": "auto",  # on | off | auto: remove whole residual branches first toward a target (auto: when fine-tuning)
+    "prune_depth": "on",  # on | off: toward a target, remove whole residual branches before channels
     "compensate": "udfc",
     "udfc_requant": True,
     "udfc_check": True,  # keep the pruning compensation only where it lowers the error on synthetic probe inputs
@@ -73,7 +73,7 @@ DEFAULTS: dict[str, Any] = {
 
 GAUSSIAN_SAMPLES = 256
 PRUNE_RANKS = ("auto", "uniform", "global")
-PRUNE_DEPTHS = ("auto", "on", "off")
+PRUNE_DEPTHS = ("on", "off")
 TARGETS = ("target_latency", "target_size", "target_macs")
 
 
@@ -86,10 +86,10 @@ def prune_target(o: dict) -> tuple[str, float] | None:
 
 
 def prune_depth(o: dict) -> bool:
-    """Whether a target search removes whole residual branches before channels: `--prune-depth on`, or `auto` with
-    fine-tuning, which recovers a model without some of its blocks far better than one with thinner layers
-    (README: pruning that makes models faster)."""
-    return o["prune_depth"] == "on" or (o["prune_depth"] == "auto" and o["finetune"] is not None)
+    """Whether a target search removes whole residual branches before channels (`--prune-depth on`, the default):
+    at one latency a model without some of its blocks keeps more accuracy than one with thinner layers, fine-tuned
+    or not (README: pruning that makes models faster)."""
+    return o["prune_depth"] == "on"
 
 
 def uses_samples(o: dict) -> bool:

@@ -63,10 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "counts quantization when it is on")
     o.add_argument("--target-size", type=float, help="prune until the file is at most R times the original's")
     o.add_argument("--target-macs", type=float, help="prune until the MACs are at most R times the original's")
-    o.add_argument("--prune-depth", choices=("auto", "on", "off"),
+    o.add_argument("--prune-depth", choices=("on", "off"),
                    help="toward a target, remove whole residual branches (least error on the synthetic probe per cost "
-                        "saved) before channels; auto (default): when --finetune is given, which recovers removed "
-                        "branches better than thinner layers")
+                        "saved) before channels (default on; needs calibration samples, synthesized also with --no-quant)")
     o.add_argument("--compensate", choices=COMPENSATIONS,
                    help="data-free compensation of pruned and quantized channels (default udfc)")
     o.add_argument("--udfc-partners", choices=UDFC_PARTNERS,
@@ -197,7 +196,7 @@ def cmd_optimize(args) -> int:
         raise DfcError(f"-o {dst} is the input file; refusing to overwrite it (use --force)")
     if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits)):
         raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits")
-    depth_probe = args.prune_depth == "on" and any(v is not None for v in (args.target_latency, args.target_size, args.target_macs))
+    depth_probe = args.prune_depth != "off" and any(v is not None for v in (args.target_latency, args.target_size, args.target_macs))
     if args.no_quant and not args.finetune and not depth_probe and any(v is not None for v in (args.calib, args.calib_data, args.save_calib)):
         raise DfcError("--no-quant without --finetune (or --prune-depth on with a target) uses no samples: "
                        "--calib/--calib-data/--save-calib do not apply")

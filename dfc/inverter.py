@@ -324,7 +324,7 @@ class Inverter:
             opt.zero_grad(set_to_none=True)
             total, jkl = self.loss(x, targets_cls, gen)
             if not torch.isfinite(total):
-                raise DfcError(f"{cfg.method} inverter: the loss is not finite ({float(total)}): activations overflow "
+                raise DfcError(f"{cfg.method} inverter: the loss is not finite ({float(total.detach())}): activations overflow "
                                "float32 (very large weights or BN statistics?)")
             total.backward()
             opt.step()

@@ -6,6 +6,8 @@
    layer's groups are gone (uniform), or R of all groups ranked together (`global_rank`; "auto": both, checked
    on the probe, see below). The
    graph is re-analysed and the groups re-ranked after every step.
+With a target and `depth`, whole residual branches are removed first (`dfc.branches`: y = S + f(S) becomes
+y = S + E[f(S)], least probe error per unit of predicted cost first, measured rounds), channels after.
 Criteria on the BN-folded weights of a group's origin layers (mean over its origins):
   l1 = Σ|W[o]|,  l2 = ‖W[o]‖₂,  paoding = Σ|W[o]| / (k_h·k_w·C_in)  (PAODING's filter "scale"),
   l1-prebn = Σ|W[o]| of the filter before BN folding;

@@ -123,9 +123,9 @@ def test_unreachable_target_is_said_with_the_closest_result():
 
 def test_target_size_counts_quantized_weights():
     """Quantized weights take a quarter of their float bytes: the same size target needs less pruning with W8A8."""
-    kw = dict(target_size=0.45, channel_multiple=8, compensate="none", prune_scope="all", measure=False)
+    kw = dict(target_size=0.45, channel_multiple=8, compensate="none", prune_scope="all", measure=False, calib="gaussian")
     _, rep_f = optimize_with_report(DEMO, no_quant=True, **kw)
-    _, rep_q = optimize_with_report(DEMO, calib="gaussian", calib_samples=8, **kw)
+    _, rep_q = optimize_with_report(DEMO, calib_samples=8, **kw)
     for rep, quantized in ((rep_f, False), (rep_q, True)):
         t = rep["passes"]["prune"]["target"]
         assert t["met"] and t["quantized"] is quantized and rep["target"]["met"]
