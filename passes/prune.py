@@ -202,9 +202,11 @@ class Prune(Pass):
         TARGET_ROUNDS rounds). Channel pruning then takes what remains of the target. At one latency, removing
         branches loses less than removing channels once fine-tuned: ResNet-56 at 0.6×, 12 branches + kd 90 top-1
         vs channels 80."""
-        from dfc.branches import remove_toward
+        from dfc.branches import remove_toward, residual_branches
         from dfc.layer_cost import spec_of
 
+        if not residual_branches(graph, ctx.bn_stats):
+            return graph, {"candidates": 0, "removed": [], "rounds": [], "probe": None}
         meter = self._target_meter(graph, ctx)
         bits = meter.bits if meter.kind != "macs" else None
         x = probe.inputs(graph, ctx, DEPTH_PROBE_SAMPLES, salt=PROBE_SALT, purpose="prune: depth (branch removal)")
