@@ -82,6 +82,8 @@ def _target_lines(report: dict) -> list[str]:
         return [line]
     rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g}"
                        for r in depth["rounds"])
+    if depth.get("skipped"):
+        return [line, f"depth: skipped ({depth['skipped']})"]
     if not depth["candidates"]:
         return [line, "depth: no removable residual branch (identity shortcut, BN statistics at the branch output)"]
     return [line, f"depth: {len(depth['removed'])} of {depth['candidates']} residual branches removed "
