@@ -9,7 +9,7 @@ layers leave the graph, so the latency saved is that of whole layers at their fu
 alignment to respect.
 
 The error is not predicted from weights: a branch's removal shifts the statistics every later layer was trained
-on, so `rank_branches` measures it, as the output MSE on the probe inputs of the graph without the branch.
+on, so `remove_toward` measures it, as the output MSE on the probe inputs of the graph without the branch.
 """
 
 from __future__ import annotations
