@@ -117,22 +117,23 @@ def remove_toward(graph: gs.Graph, bn_stats, x: np.ndarray, ref: list[np.ndarray
 
     removed, err_now = [], probe.mse(ref, probe.outputs(graph, x))
     bar = manual_bar(desc, unit="branch")
-    candidates = len(residual_branches(graph, bn_stats))
-    while predicted(graph) > aim:
-        branches = residual_branches(graph, bn_stats)
-        if not branches:
-            break
+    branches = residual_branches(graph, bn_stats)
+    candidates, cost = len(branches), {}
+    while branches and predicted(graph) > aim:
         base = ir.export_model(graph)
         best = None
         for b in branches:
+            if b not in cost:  # a branch's layers are untouched by other removals: its cost is fixed
+                cost[b] = max(float(branch_cost(b)), 1e-12)
             trial = remove_branch(ir.import_graph(base), b, dict(bn_stats))
             err = probe.mse(ref, probe.outputs(trial, x))
-            score = (err - err_now) / max(float(branch_cost(b)), 1e-12)
+            score = (err - err_now) / cost[b]
             if best is None or score < best[0]:
                 best = (score, err, b)
         _, err_now, b = best
         graph = remove_branch(graph, b, bn_stats)
         removed.append({"add": b.add, "layers": list(b.layers), "probe_mse": float(err_now)})
         bar.update(1)
+        branches = residual_branches(graph, bn_stats)
     bar.close()
     return ir.infer_shapes(graph), {"candidates": candidates, "removed": removed, "predicted": float(predicted(graph))}

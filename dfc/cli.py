@@ -186,7 +186,7 @@ def _guarded(run, debug: bool) -> int:
 
 def cmd_optimize(args) -> int:
     from dfc import progress
-    from dfc.api import load_calibration, optimize_with_report
+    from dfc.api import DEFAULTS, load_calibration, optimize_with_report, uses_samples
     from dfc.modelio import load_model, save_model_atomic
     from dfc.report import summary_table, write_json_atomic
     from dfc.validation import parse_floats
@@ -196,8 +196,10 @@ def cmd_optimize(args) -> int:
         raise DfcError(f"-o {dst} is the input file; refusing to overwrite it (use --force)")
     if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits)):
         raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits")
-    depth_probe = args.prune_depth != "off" and any(v is not None for v in (args.target_latency, args.target_size, args.target_macs))
-    if args.no_quant and not args.finetune and not depth_probe and any(v is not None for v in (args.calib, args.calib_data, args.save_calib)):
+    sampling = uses_samples({"no_quant": args.no_quant, "finetune": args.finetune,
+                             "prune_depth": args.prune_depth or DEFAULTS["prune_depth"], "target_latency": args.target_latency,
+                             "target_size": args.target_size, "target_macs": args.target_macs})
+    if not sampling and any(v is not None for v in (args.calib, args.calib_data, args.save_calib)):
         raise DfcError("--no-quant without --finetune (or --prune-depth on with a target) uses no samples: "
                        "--calib/--calib-data/--save-calib do not apply")
     if args.calib_data and args.calib:
