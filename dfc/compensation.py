@@ -183,7 +183,7 @@ class WeightEditor:
 
 
 def fake_quant_row(row: np.ndarray, bits: int) -> np.ndarray:
-    """The row after symmetric per-channel quantization at `bits` (`dfc.quant_math`)."""
+    """The row after per-channel weight quantization at `bits` (`dfc.quant_math.quantize_weight`)."""
     q, s = qm.quantize_weight(row.astype(np.float32)[None], bits, 0)
     return qm.dequantize_weight(q, s, 0)[0].astype(np.float64)
 

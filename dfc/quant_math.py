@@ -1,7 +1,9 @@
 """Quantization arithmetic (no graph code): scales, zero points, integer tensors.
 
-- Weights, b bits, symmetric per channel: q_max = 2^(b−1) − 1, s_c = max|W_c| / q_max,
-  q = clip(round(W / s_c), −q_max, q_max), stored as int8 (b < 8 uses a narrower range).
+- Weights, b bits, per channel, zero point 0, stored as int8: codes in [−2^(b−1), 2^(b−1) − 1] for b < 8 (all
+  2^b levels: 2 bits is {−2, −1, 0, 1}, not ternary), [−127, 127] at 8 bits (ORT's symmetric int8 weights);
+  s_c = c·max|W_c| / (2^(b−1) − 1); below 4 bits the clipping ratio c ∈ (0, 1] minimises ‖W_c − s_c·q_c‖² (a grid
+  search per channel; c = 1, the plain max scale, is one candidate), from 4 bits c = 1 (`CLIP_BELOW_BITS`).
 - Activations, b bits, asymmetric per tensor, uint8 storage: range [r_min, r_max] widened to
   contain 0, q_max = 2^b − 1, s = (r_max − r_min)/q_max, z = round(−r_min/s) so 0 is exact.
 - Bias: int32, scale s_x·s_c per output channel, zero point 0 (the form ORT fuses into QLinearConv).
@@ -55,22 +57,63 @@ def act_qparams(lo: float, hi: float, bits: int) -> ActQParams:
     return ActQParams(float(np.float32(scale)), zp, bits)
 
 
+def weight_code_range(bits: int) -> tuple[int, int]:
+    """The int8 codes a b-bit weight uses: [−2^(b−1), 2^(b−1) − 1] below 8 bits, [−127, 127] at 8."""
+    if bits >= 8:
+        return -127, 127
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def code_range_of(codes: np.ndarray) -> tuple[int, int]:
+    """The code range of the narrowest width that holds `codes` (written by `quantize_weight`): the clipping
+    search saturates each channel's largest |w| at ≥ 2^(b−1) − 1 in magnitude, so the width is recoverable."""
+    c = np.asarray(codes, np.int64)
+    if c.size == 0:
+        return weight_code_range(8)
+    hi, lo = max(int(c.max()), 1), min(int(c.min()), -1)
+    bits = 2
+    while bits < 8 and not (weight_code_range(bits)[0] <= lo and hi <= weight_code_range(bits)[1]):
+        bits += 1
+    return weight_code_range(bits)
+
+
+CLIP_RATIOS = np.linspace(1.0, 0.05, 96)
+# Below this width the max scale leaves most weights at code 0 (2 bits: every |w| < max|w|/2), and the clipping
+# search is decisive (ResNet-56 2w4a after kd: 83.58 top-1 vs 62.44); at 4 bits and above clipping lowers the weight
+# MSE but costs top-1 (ResNet-56 W4A4 closed form 87.41 vs 89.97, after kd 90.46 vs 90.95; ResNet-20 88.40 vs 89.97):
+# the few largest weights it clips carry more of the output than their share of the MSE.
+CLIP_BELOW_BITS = 4  # candidate clipping ratios c of the per-channel weight scale search
+
+
 def weight_scales(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    """Per-channel symmetric scales along `axis` (all-zero channels get scale 1)."""
-    qmax = 2 ** (bits - 1) - 1
-    other = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.abs(w).max(axis=other) if other else np.abs(w)
-    scale = (amax / qmax).astype(np.float32)
+    """Per-channel scales along `axis`: s_c = c·max|W_c|/(2^(b−1) − 1), below `CLIP_BELOW_BITS` with c from
+    `CLIP_RATIOS` minimising ‖W_c − s_c·clip(round(W_c/s_c), q_min, q_max)‖², else c = 1 (all-zero channels get
+    scale 1)."""
+    qmin, qmax = weight_code_range(bits)
+    rows = np.moveaxis(np.asarray(w, np.float64), axis, 0).reshape(w.shape[axis], -1)
+    amax = np.abs(rows).max(1)
+    qpos = 2 ** (bits - 1) - 1
+    best_s, best_err = amax / qpos, np.full(len(rows), np.inf)
+    per = max(1, (1 << 22) // max(rows.size, 1))  # ratios per vectorised chunk (bounded memory)
+    ratios = CLIP_RATIOS if bits < CLIP_BELOW_BITS else CLIP_RATIOS[:1]
+    for i in range(0, len(ratios), per):
+        c = ratios[i:i + per, None]
+        s = np.where(amax > 0, c * amax / qpos, 1.0)[:, :, None]  # [ratios, channels, 1]
+        err = ((rows - s * np.clip(np.round(rows / s), qmin, qmax)) ** 2).sum(2)
+        for k in range(len(c)):  # in order: ties keep the larger scale (no clipping without gain)
+            better = err[k] < best_err * (1 - 1e-9)
+            best_s, best_err = np.where(better, s[k, :, 0], best_s), np.where(better, err[k], best_err)
+    scale = best_s.astype(np.float32)
     return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
 
 
 def quantize_weight(w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codes, float32 scales) for symmetric per-channel quantization of `w` along `axis`."""
-    qmax = 2 ** (bits - 1) - 1
+    """(int8 codes, float32 scales) for per-channel quantization of `w` along `axis` (`weight_scales`)."""
+    qmin, qmax = weight_code_range(bits)
     scale = weight_scales(w, bits, axis)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    q = np.clip(np.round(w / scale.reshape(shape)), qmin, qmax).astype(np.int8)
     return q, scale
 
 

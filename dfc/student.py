@@ -2,8 +2,8 @@
 
 `Student(model)` runs a QDQ (or float) graph with the torch executor; its layers' weights become parameters:
 - a weight DequantizeLinear (int8 codes q, per-channel scale s, zero point 0) becomes a latent float weight w with
-  w_q = s·clamp(round(w/s), −q_max, q_max), the rounding passed straight through (STE; Bengio et al. 2013); q_max is
-  the codes' largest magnitude (symmetric max-abs scales put every channel's extreme at ±q_max). With `rounding=
+  w_q = s·clamp(round(w/s), q_min, q_max), the rounding passed straight through (STE; Bengio et al. 2013); [q_min,
+  q_max] is the code range of the narrowest width that holds the codes (`dfc.quant_math.code_range_of`). With `rounding=
   "adaround"` the rounding itself is learned (AdaRound, Nagel et al. 2020, eq. 22-24): w_q = s·clamp(⌊w/s⌋ + h(V)),
   h(V) = clamp(σ(V)(ζ − γ) + γ, 0, 1), ζ = 1.1, γ = −0.1, V initialised so that h(V) is the fractional part of w/s;
 - an int32 bias DequantizeLinear (scale s_x·s_w) becomes a float bias, rounded the same way (STE);
@@ -25,6 +25,7 @@ import torch
 from onnx import numpy_helper
 
 from dfc.errors import DfcError
+from dfc.quant_math import code_range_of
 from dfc.torch_exec import TorchGraph, round_ste
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -46,13 +47,14 @@ class QuantizedTensor(torch.nn.Module):
                  learn_rounding: bool = False):
         super().__init__()
         self.dtype = codes.dtype
-        self.qmax = float(max(1, int(np.abs(codes.astype(np.int64)).max()))) if codes.dtype == np.int8 else 2.0**31 - 1
+        lo, hi = code_range_of(codes) if codes.dtype == np.int8 else (-(2**31 - 1), 2**31 - 1)
+        self.qmin, self.qmax = float(lo), float(hi)
         s = np.asarray(scale, np.float32)
         self.register_buffer("scale", torch.from_numpy(s.reshape(_axis_shape(codes.ndim, axis)) if s.size > 1 else s.reshape(())))
         s_b = s.reshape(_axis_shape(codes.ndim, axis) if s.size > 1 else ())
         w = codes.astype(np.float32) * s_b
         if latent is not None and latent.shape == codes.shape and np.array_equal(
-                np.clip(np.round(np.asarray(latent, np.float32) / s_b), -self.qmax, self.qmax), codes):
+                np.clip(np.round(np.asarray(latent, np.float32) / s_b), self.qmin, self.qmax), codes):
             w = np.array(latent, np.float32)  # the float weights these codes were rounded from
         else:
             learn_rounding = False  # no float weights behind these codes: AdaRound has no fractional parts to learn
@@ -84,7 +86,7 @@ class QuantizedTensor(torch.nn.Module):
             q = self.floor + self.h()
         else:
             q = round_ste(self.w / self.scale)
-        return torch.clamp(q, -self.qmax, self.qmax)
+        return torch.clamp(q, self.qmin, self.qmax)
 
     def forward(self) -> torch.Tensor:
         return self.codes() * self.scale
@@ -99,7 +101,7 @@ class QuantizedTensor(torch.nn.Module):
                 q = (self.floor + (self.v >= 0).to(self.v.dtype)).cpu().numpy().astype(np.float64)
             else:
                 q = np.round(self.w.cpu().numpy().astype(np.float64) / self.scale.cpu().numpy().astype(np.float64))
-            return np.clip(q, -self.qmax, self.qmax).astype(self.dtype)
+            return np.clip(q, self.qmin, self.qmax).astype(self.dtype)
 
 
 class FloatTensor(torch.nn.Module):

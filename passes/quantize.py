@@ -2,7 +2,8 @@
 
 Graph form (what ONNX Runtime fuses into QLinearConv / QGemm / QLinearAdd /
 QLinearGlobalAveragePool on x86):
-- Conv/Gemm/MatMul weights: int8 symmetric per output channel, a DequantizeLinear in front;
+- Conv/Gemm/MatMul weights: int8 per output channel, zero point 0, MSE-clipped scale (`dfc.quant_math`), a
+  DequantizeLinear in front;
 - biases: int32 with scale s_x·s_w and zero point 0, a DequantizeLinear in front;
 - activations: uint8 asymmetric per tensor, one QuantizeLinear → DequantizeLinear pair per tensor,
   shared by all its consumers; on the inputs of Conv/Gemm/MatMul/Add/pooling and the outputs of
@@ -12,7 +13,7 @@ QLinearGlobalAveragePool on x86):
 - reshaping ops (Flatten, Reshape, ...), MaxPool, Slice and zero Pad (the option-A shortcut of the CIFAR
   ResNets) reuse their input's parameters: no second rounding or clipping of values already on the grid,
   and ORT can drop the Q/DQ pair around them.
-Bit widths 2-8: weights use the narrower symmetric range inside int8; activations below 8 bits get
+Bit widths 2-8: weights use the b-bit range [−2^(b−1), 2^(b−1) − 1] inside int8 ([−127, 127] at 8 bits); activations below 8 bits get
 a Clip to the b-bit range in front of the QuantizeLinear. Both are accuracy simulation: ORT runs
 them with its 8-bit kernels (no extra size or speed gain; a Clip also stops the fusion).
 The first and last weighted layers (weights and input activations) and the weights of depthwise convs use

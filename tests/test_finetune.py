@@ -99,6 +99,29 @@ def test_same_seed_same_bytes(demo_w2a4):
     assert c.SerializeToString() != a.SerializeToString()
 
 
+def test_trained_codes_stay_in_their_bit_range(demo_w2a4):
+    """2-bit weights use the four codes {-2, -1, 0, 1} (first/last layers at 4 bits: [-8, 7]) before and after
+    training: the student reads each tensor's width from its codes and never leaves it."""
+    from onnx import numpy_helper
+
+    from dfc.quant_math import code_range_of
+
+    _, teacher, qdq = demo_w2a4
+
+    def weight_ranges(m):
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        return [(int(inits[n.input[0]].min()), int(inits[n.input[0]].max()), code_range_of(inits[n.input[0]]))
+                for n in m.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+                and inits[n.input[0]].dtype == np.int8]
+
+    before = weight_ranges(qdq)
+    assert {r for *_, r in before} == {(-2, 1), (-8, 7)} and any(lo == -2 for lo, _, _ in before)
+    out, _ = finetune(qdq, teacher, rand((64, 1, 8, 8), seed=5), FinetuneConfig(method="kd", steps=30, batch=16, lr=3e-2))
+    after = weight_ranges(out)
+    assert [r for *_, r in after] == [r for *_, r in before]
+    assert all(r[0] <= lo and hi <= r[1] for lo, hi, r in after)
+
+
 @pytest.mark.parametrize("method", ["kd", "blocks"])
 def test_float_student_after_pruning(demo_w2a4, digits_test, method):
     """--no-quant: the pruned float graph is the student, the unpruned one the teacher (here on unlabelled digits)."""
