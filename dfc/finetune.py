@@ -31,6 +31,7 @@ from dfc.errors import DfcError
 from dfc.progress import progress_bar
 from dfc.student import WEIGHTED, QuantizedTensor, Student
 from dfc.torch_exec import TorchGraph
+from dfc.train_cost import default_steps, pass_cost, step_seconds
 
 METHODS = ("kd", "blocks")
 
@@ -54,9 +55,9 @@ class FinetuneConfig:
     float_lr: float = 1e-4  # blocks: Adam's step on a float student's weights (pruned, --no-quant); lr is for roundings
     act_scales: bool = False  # learn the activation quantizers' scales too (LSQ); measured worse at block level
     scale_lr: float = 1e-3  # Adam's step on log s
-    # default steps: ≈ this many multiply-adds of training, about 6 minutes on 2 CPU cores (`default_steps`):
-    # ResNet-56 kd 747 steps, blocks 543 per block; ResNet-20 kd 2311, blocks 1681; EfficientNet-Lite0 kd 243, blocks 177
-    work_budget: float = 1.2e13
+    # default steps: about this many seconds of training on 2 CPU cores, predicted from the graph (`dfc.train_cost`):
+    # ResNet-56 W8A8 kd ≈ 1400 steps, EfficientNet-Lite0 W8A8 kd ≈ 100 (floor MIN_STEPS); README lists more
+    time_budget_s: float = 300.0
 
 
 DEFAULT_LR = {"kd": 3e-4, "blocks": 1e-2}  # measured on the shared ResNets (README, fine-tuning)
@@ -144,18 +145,6 @@ def _teacher_name(dq, teacher_names: set[str]) -> str | None:
     while t.name not in teacher_names and t.inputs and t.inputs[0].op == "Clip":
         t = t.inputs[0].inputs[0]
     return t.name if t.name in teacher_names else None
-
-
-STEP_COST = {"kd": 4.0, "blocks": 5.5}  # multiply-adds of one step, in units of batch × the model's MACs (see below)
-
-
-def default_steps(method: str, macs_per_sample: float, batch: int, budget: float) -> int:
-    """Steps so that the training work ≈ `budget` multiply-adds. A kd step costs batch × MACs × 4 (the student's
-    forward and backward, 3, and the teacher's forward, 1). A blocks step is per block; all blocks together run the
-    model once, forward and backward, plus the per-block overhead (teacher targets, the quantized inputs passed on):
-    5.5 measured (ResNet-56, 2 cores: a kd step 0.50 s, all blocks' steps 0.71 s at batch 32)."""
-    per_step = max(STEP_COST[method] * macs_per_sample * batch, 1.0)
-    return int(np.clip(budget / per_step, MIN_STEPS[method], MAX_STEPS[method]))
 
 
 def _kl(t_logits: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
@@ -313,7 +302,7 @@ def _block_loss(run, x_q: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarray, cfg: FinetuneConfig,
-             float_model: onnx.ModelProto | None = None, macs_per_sample: float = 0.0) -> tuple[onnx.ModelProto, dict]:
+             float_model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `model` (QDQ or float) towards `teacher_model` on samples `x`; returns (model, info).
     `float_model`: the graph before quantization (latent weights; AdaRound's base)."""
     from dfc.inverter import pick_device
@@ -332,7 +321,14 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     teacher = TorchGraph(teacher_model).to(device)
     blocks = blocks_of(student, teacher_model, probe=x, teacher_graph=teacher)
     xt = torch.from_numpy(np.asarray(x, np.float32)).to(device)
-    steps = cfg.steps if cfg.steps is not None else default_steps(cfg.method, macs_per_sample, cfg.batch, cfg.work_budget)
+    if cfg.steps is not None:
+        steps, predicted = cfg.steps, None
+    else:
+        x1 = xt[:1]
+        s_cost, t_cost = pass_cost(model, student, x1), pass_cost(teacher_model, teacher, x1)
+        steps = default_steps(cfg.method, s_cost, t_cost, cfg.batch, cfg.time_budget_s,
+                              MIN_STEPS[cfg.method], MAX_STEPS[cfg.method])
+        predicted = steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch)
     kl_before = output_kl(student, teacher, xt)
     if steps > 0 and cfg.method == "blocks" and cfg.copies > 1:
         from dfc.inverter import augment
@@ -353,6 +349,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         "lr": cfg.lr or DEFAULT_LR[cfg.method], "blocks": len(blocks), "device": str(device),
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
-        "seconds": round(time.perf_counter() - t0, 1), **trace,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "predicted_seconds": None if predicted is None else float(f"{predicted:.3g}"), **trace,
     }
     return student.export(model), info

@@ -44,8 +44,6 @@ class Finetune(Pass):
                 "gaussian_samples": 256}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
-        from dfc.stats import model_summary
-
         o = self.options
         teacher = ctx.snapshots.get(o["teacher"])
         if teacher is None:
@@ -53,8 +51,7 @@ class Finetune(Pass):
         x, source = self._samples(graph, ctx)
         cfg = FinetuneConfig(**{f.name: o[f.name] for f in fields(FinetuneConfig)})
         model = ir.export_model(graph)
-        macs = float(model_summary(model).get("macs") or 0)
-        tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]), macs_per_sample=macs)
+        tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]))
         info["samples_source"] = source
         ctx.results["finetune"] = info
         return ir.import_graph(tuned)

@@ -1,0 +1,56 @@
+"""The fine-tuning step-time model (dfc.train_cost): depthwise and element-wise work counted from the graph, default
+steps that shrink as the predicted step time grows, and the prediction in the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import conv_bn_relu_cnn, rand
+from test_mobile import relu6_cnn
+
+import dfc.api as api
+from dfc.finetune import MAX_STEPS, MIN_STEPS, FinetuneConfig, finetune
+from dfc.pipeline import Context, PassManager
+from dfc.torch_exec import TorchGraph
+from dfc.train_cost import PassCost, default_steps, pass_cost, step_seconds
+
+
+def _cost(model, shape):
+    folded = PassManager(["cleanup", "fold-bn"]).run(model, Context())
+    return pass_cost(folded, TorchGraph(folded), torch.from_numpy(rand(shape)))
+
+
+def test_depthwise_macs_and_elements_are_counted_apart():
+    c = _cost(relu6_cnn(size=8), (1, 3, 8, 8))
+    # the depthwise conv: 8 channels × 3×3 taps × 8×8 outputs; dense: conv1 (8·27·64) + project (6·8·64) + fc (4·6)
+    assert c.depthwise_macs == 8 * 9 * 64
+    assert c.dense_macs == 8 * 27 * 64 + 6 * 8 * 64 + 4 * 6
+    assert c.elements >= 8 * 64 * 3  # at least the three 8-channel maps (conv, clip, dw) are written
+    dense_only = PassCost(c.dense_macs + c.depthwise_macs, 0.0, c.elements)
+    assert c.seconds() > dense_only.seconds()  # a depthwise multiply-add costs more than a dense one
+
+
+def test_default_steps_follow_the_predicted_step_time():
+    small = PassCost(1.2e8, 0.0, 1.4e6)  # about ResNet-56
+    big = PassCost(small.dense_macs * 20, 3e7, small.elements * 20)
+    lo, hi = MIN_STEPS["kd"], MAX_STEPS["kd"]
+    n_big = default_steps("kd", big, big, 32, 60.0, lo, hi)
+    n_small = default_steps("kd", small, small, 32, 60.0, lo, hi)
+    assert lo <= n_big < n_small <= hi
+    assert step_seconds("kd", small, small, 64) == pytest.approx(2 * step_seconds("kd", small, small, 32), rel=1e-9)
+    assert n_big * step_seconds("kd", big, big, 32) <= 60.0 or n_big == lo
+    assert step_seconds("blocks", big, big, 32) < step_seconds("kd", big, big, 32)  # no teacher pass per step
+
+
+def test_default_steps_fit_the_budget_and_are_reported():
+    model = conv_bn_relu_cnn()
+    teacher = PassManager(["cleanup", "fold-bn"]).run(model, Context())
+    qdq = api.optimize(model, calib="gaussian", measure=False)
+    x = rand((16, 3, 8, 8), seed=1)
+    _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=1e-3))
+    assert info["steps"] == MIN_STEPS["kd"] and info["predicted_seconds"] > 0
+    _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=0.01))
+    assert MIN_STEPS["kd"] <= info["steps"] <= MAX_STEPS["kd"] and info["predicted_seconds"] <= 0.0101
+    _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", steps=3))
+    assert info["steps"] == 3 and info["predicted_seconds"] is None and np.isfinite(info["kl_after"])
