@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "input_mean": None,
     "input_std": None,
     "finetune": None,  # kd | blocks: train the compressed graph against the float one on the samples (dfc.finetune)
-    "finetune_steps": None,  # None: from the fine-tuning work budget (kd: total steps; blocks: per block)
+    "finetune_steps": None,  # None: from the fine-tuning time budget (kd: total steps; blocks: per block)
     "finetune_batch": 32,
     "finetune_lr": None,  # None: the method's default
     "debug": False,

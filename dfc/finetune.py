@@ -39,7 +39,7 @@ METHODS = ("kd", "blocks")
 @dataclass
 class FinetuneConfig:
     method: str = "blocks"
-    steps: int | None = None  # kd: total steps; blocks: steps per block. None: from the work budget
+    steps: int | None = None  # kd: total steps; blocks: steps per block. None: from the time budget
     batch: int = 32
     lr: float | None = None  # None: the method's default (DEFAULT_LR)
     seed: int = 0
