@@ -9,7 +9,8 @@ memory-bound. Per sample of one forward pass:
 
 with k fitted on kd steps (2 cores, torch 2.13, batch 32): ResNet-56 float and W8A8, EfficientNet-Lite0 float,
 depth-pruned float and W8A8 students (predicted within 10 % on all five). A kd step runs the student forward and
-backward (3 passes) and the teacher forward (1). A blocks step (one step of every block; the teacher's block
+backward (3 passes) and the teacher forward (1), plus a cost per student node that only small inputs notice (the
+8×8 digits demo: 3.5 ms a step, 1/50 of it predicted by the passes). A blocks step (one step of every block; the teacher's block
 outputs are computed once) is K_BLOCKS·3 student passes plus a cost per student node (each block's own optimizer
 step, AdaRound's rounding, dispatch: it dominates on small inputs), fitted on six ResNet-56 / Lite0 float, W8A8 and
 2w4a students (within 20 %; the pass cost alone was off by 0.7-2.2×).
@@ -28,6 +29,7 @@ from dfc.torch_exec import TorchGraph
 K_DENSE = 1.96e-4 / 32e6  # seconds per dense multiply-add and sample (kd fit above)
 K_DEPTHWISE = 1.93e-2 / 32e6  # seconds per depthwise multiply-add and sample
 K_ELEMENT = 1.04e-2 / 32e6  # seconds per output element and sample
+K_KD_NODE = 1.5e-4  # kd: seconds per student node and step (dispatch, optimizer; the digits demo: 3.5 ms, 24 nodes)
 K_BLOCKS = 0.77  # blocks: share of three kd-fitted student passes
 K_BLOCK_NODE = 5.35e-4  # blocks: seconds per student node and step
 
@@ -68,7 +70,7 @@ def pass_cost(model: onnx.ModelProto, graph: TorchGraph, x1: torch.Tensor) -> Pa
 def step_seconds(method: str, student: PassCost, teacher: PassCost, batch: int) -> float:
     """Predicted seconds of one step of `method` at `batch` samples (reference: 2 CPU cores)."""
     if method == "kd":
-        return batch * (3 * student.seconds() + teacher.seconds())
+        return batch * (3 * student.seconds() + teacher.seconds()) + K_KD_NODE * student.nodes
     return K_BLOCKS * 3 * batch * student.seconds() + K_BLOCK_NODE * student.nodes
 
 
