@@ -8,10 +8,10 @@ memory-bound. Per sample of one forward pass:
     cost = k_dense·MACs_dense + k_dw·MACs_depthwise + k_el·E,  E = Σ elements of every node output (floats)
 
 with k fitted on kd steps (2 cores, torch 2.13, batch 32): ResNet-56 float and W8A8, EfficientNet-Lite0 float,
-depth-pruned float and W8A8 students (predicted within 10 % on all five). A kd step runs the student forward and
-backward (3 passes) and the teacher forward (1), plus a cost per student node that only small inputs notice (the
-8×8 digits demo: 3.5 ms a step, 1/50 of it predicted by the passes). A blocks step (one step of every block; the teacher's block
-outputs are computed once) is K_BLOCKS·3 student passes plus a cost per student node (each block's own optimizer
+depth-pruned float and W8A8 students (within 10 %; 15 % with the node term below). A kd step runs the student
+forward and backward (3 passes) and the teacher forward (1), plus a cost per student node that only small inputs
+notice (the 8×8 digits demo: 3.5 ms a step, 1/50 of it predicted by the passes). A blocks step (one step of every
+block; the teacher's block outputs are computed once) is K_BLOCKS·3 student passes plus a cost per student node (each block's own optimizer
 step, AdaRound's rounding, dispatch: it dominates on small inputs), fitted on six ResNet-56 / Lite0 float, W8A8 and
 2w4a students (within 20 %; the pass cost alone was off by 0.7-2.2×).
 """
