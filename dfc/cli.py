@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "distillation, The Knowledge Within Alg. 2) or blocks (block-wise reconstruction, BRECQ/AdaRound)")
     o.add_argument("--finetune-steps", type=int, help="fine-tuning steps (kd: in all; blocks: per block; default: "
                                                       "from a 300 s time budget on 2 CPU cores, predicted from the graph)")
+    o.add_argument("--finetune-time", type=float, help="seconds of fine-tuning the default steps fill, predicted from "
+                                                       "the graph for 2 CPU cores (default 300; not with --finetune-steps)")
     o.add_argument("--finetune-batch", type=int, help="fine-tuning batch size (default 32)")
     o.add_argument("--finetune-lr", type=float, help="fine-tuning Adam learning rate (default: kd 3e-4, blocks 1e-2)")
     o.add_argument("--device", help="BNS inverter and fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
@@ -221,7 +223,7 @@ def cmd_optimize(args) -> int:
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,
         inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
         inverter_size=args.inverter_size, inverter_refine_steps=args.inverter_refine_steps,
-        finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_batch=args.finetune_batch,
+        finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, finetune_batch=args.finetune_batch,
         finetune_lr=args.finetune_lr, device=args.device, input_mean=mean, input_std=std,
         debug=args.debug, measure=not args.no_measure,
     )

@@ -139,6 +139,8 @@ def test_float_student_after_pruning(demo_w2a4, digits_test, method):
     (dict(finetune="kd", finetune_steps=-1), "--finetune-steps"),
     (dict(finetune="kd", finetune_batch=0), "--finetune-batch"),
     (dict(finetune="kd", finetune_lr=0.0), "--finetune-lr"),
+    (dict(finetune="kd", finetune_time=-5), "--finetune-time must be a positive number"),
+    (dict(finetune_steps=10), "--finetune-steps is a fine-tuning option: give --finetune"),
 ])
 def test_bad_options_are_named(residual, bad, msg):
     with pytest.raises(DfcError, match=msg):
@@ -182,3 +184,12 @@ def test_teacher_targets_block_by_block_equal_full_forward_passes(residual):
     for b in blocks:
         expected = y if b is blocks[-1] else watched[b.target]
         assert torch.allclose(targets.at(b.target), expected, atol=1e-5)
+
+
+def test_finetune_time_sets_the_default_steps(residual):
+    """--finetune-time is the budget the default steps fill at the predicted step time."""
+    opts = dict(RESIDUAL_QDQ_OPTS, finetune="kd")
+    floor = api.optimize_with_report(residual[0], **opts, finetune_time=1e-3)[1]["passes"]["finetune"]
+    step = floor["predicted_seconds"] / floor["steps"]
+    ft = api.optimize_with_report(residual[0], **opts, finetune_time=150 * step)[1]["passes"]["finetune"]
+    assert 145 <= ft["steps"] <= 150 and ft["predicted_seconds"] <= 150 * step * 1.01
