@@ -304,7 +304,9 @@ def _block_loss(run, x_q: torch.Tensor, target: torch.Tensor) -> float:
 def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarray, cfg: FinetuneConfig,
              float_model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `model` (QDQ or float) towards `teacher_model` on samples `x`; returns (model, info).
-    `float_model`: the graph before quantization (latent weights; AdaRound's base)."""
+    `float_model`: the graph before quantization (latent weights; AdaRound's base). Where the trained student's
+    output KL to the teacher on the (unaugmented) samples ends above the untrained one's, `model` itself is returned
+    and info["kept"] says "input" (ResNet-56 W8A8, kd at lr 3e-4: KL 0.0041 → 0.0446, JPEG agreement 97.98 → 94.44 %)."""
     from dfc.inverter import pick_device
     from dfc.student import float_weights_of
 
@@ -344,12 +346,14 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         trace = {}
     kl_after = output_kl(student, teacher, xt)
     student.watch = []
+    # training that moved the student away from the teacher on the samples themselves is not kept
+    kept = "input" if steps > 0 and kl_after > kl_before else "trained"
     info = {
         "method": cfg.method, "steps": int(steps), "samples": int(len(x)), "batch": cfg.batch,
         "lr": cfg.lr or DEFAULT_LR[cfg.method], "blocks": len(blocks), "device": str(device),
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
         "seconds": round(time.perf_counter() - t0, 1),
-        "predicted_seconds": None if predicted is None else float(f"{predicted:.3g}"), **trace,
+        "predicted_seconds": None if predicted is None else float(f"{predicted:.3g}"), "kept": kept, **trace,
     }
-    return student.export(model), info
+    return (model if kept == "input" else student.export(model)), info

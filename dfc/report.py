@@ -138,7 +138,8 @@ def _inverter_lines(passes: dict) -> list[str]:
                    f"{ft['batch']}, lr {ft['lr']:g}, {ft['device']}: output KL to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
                    + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted on 2 CPU cores, took "
-                      f"{ft['seconds']:.0f} s" if ft.get("predicted_seconds") else ""))
+                      f"{ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")
+                   + ("; not kept (the KL rose): the model before fine-tuning is written" if ft.get("kept") == "input" else ""))
     timed = [(name, r["seconds"]) for name, r in passes.items() if isinstance(r, dict) and "seconds" in r]
     if timed:
         out.append("time per pass: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timed))

@@ -54,6 +54,10 @@ class Finetune(Pass):
         tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]))
         info["samples_source"] = source
         ctx.results["finetune"] = info
+        if info["kept"] == "input":
+            ctx.note(f"finetune: {cfg.method} raised the output KL to the float model on the samples "
+                     f"({info['kl_before']:.4g} -> {info['kl_after']:.4g}); the model before fine-tuning is kept "
+                     "(a lower --finetune-lr may help)")
         return ir.import_graph(tuned)
 
     def _samples(self, graph: gs.Graph, ctx: Context):

@@ -193,3 +193,15 @@ def test_finetune_time_sets_the_default_steps(residual):
     step = floor["predicted_seconds"] / floor["steps"]
     ft = api.optimize_with_report(residual[0], **opts, finetune_time=150 * step)[1]["passes"]["finetune"]
     assert 145 <= ft["steps"] <= 150 and ft["predicted_seconds"] <= 150 * step * 1.01
+
+
+def test_training_that_raises_the_kl_is_not_kept(residual):
+    """A student that ends farther from the teacher on the samples than it started is not written: the QDQ graph
+    before fine-tuning is (same weights), and the report says so."""
+    plain = api.optimize(residual[0], **RESIDUAL_QDQ_OPTS)
+    out, rep = api.optimize_with_report(residual[0], **RESIDUAL_QDQ_OPTS, finetune="kd", finetune_steps=20,
+                                        finetune_lr=50.0)
+    ft = rep["passes"]["finetune"]
+    assert ft["kl_after"] > ft["kl_before"] and ft["kept"] == "input"
+    assert {i.name: i.raw_data for i in out.graph.initializer} == {i.name: i.raw_data for i in plain.graph.initializer}
+    assert any("the model before fine-tuning is kept" in n for n in rep["notes"])
