@@ -18,6 +18,7 @@ from dfc.modelio import as_model, check_model
 from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
 from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
 from dfc.finetune import METHODS as FINETUNE_METHODS
+from dfc.finetune import FinetuneConfig
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
 
 DEFAULTS: dict[str, Any] = {
@@ -228,7 +229,7 @@ def build_passes(o: dict, ctx: Context) -> list:
     if tuning:
         passes.append(get_pass("finetune", method=o["finetune"], steps=o["finetune_steps"], batch=int(o["finetune_batch"]),
                                lr=o["finetune_lr"], seed=int(o["seed"]), device=o["device"], samples=o["calib_data"],
-                               **({} if o["finetune_time"] is None else {"time_budget_s": float(o["finetune_time"])}),
+                               time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
                                gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES)))
     return passes
 
