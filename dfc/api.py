@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "finetune_time": None,  # seconds the default steps fill, predicted for 2 CPU cores (None: FinetuneConfig's 300 s)
     "finetune_batch": 32,
     "finetune_lr": None,  # None: the method's default
+    "finetune_step_lr": None,  # kd: quantized weights' lr in quantization steps (None: dfc.finetune.DEFAULT_STEP_LR)
     "debug": False,
     "measure": True,  # fidelity probe + latency in the report
     "probe_samples": 64,
@@ -151,13 +152,14 @@ def resolve_options(options: dict) -> dict:
         raise DfcError(f"--finetune-steps must be an integer >= 0, got {o['finetune_steps']!r}")
     if o["finetune_time"] is not None and (not isinstance(o["finetune_time"], (int, float)) or not 0 < float(o["finetune_time"]) < float("inf")):
         raise DfcError(f"--finetune-time must be a positive number of seconds, got {o['finetune_time']!r}")
-    given = [k for k in ("finetune_steps", "finetune_time", "finetune_lr") if o[k] is not None]
+    given = [k for k in ("finetune_steps", "finetune_time", "finetune_lr", "finetune_step_lr") if o[k] is not None]
     if o["finetune"] is None and given:
         raise DfcError(f"--{given[0].replace('_', '-')} is a fine-tuning option: give --finetune kd|blocks too")
     if o["finetune_time"] is not None and o["finetune_steps"] is not None:
         raise DfcError("--finetune-time sets the default steps; it cannot be combined with --finetune-steps")
-    if o["finetune_lr"] is not None and (not isinstance(o["finetune_lr"], (int, float)) or not 0 < float(o["finetune_lr"]) < float("inf")):
-        raise DfcError(f"--finetune-lr must be a positive number, got {o['finetune_lr']!r}")
+    for key in ("finetune_lr", "finetune_step_lr"):
+        if o[key] is not None and (not isinstance(o[key], (int, float)) or not 0 < float(o[key]) < float("inf")):
+            raise DfcError(f"--{key.replace('_', '-')} must be a positive number, got {o[key]!r}")
     if o["calib"] is not None:
         calibration.check_method(o["calib"])
     if o["calibrator"] not in calibration.CALIBRATORS:
@@ -228,7 +230,7 @@ def build_passes(o: dict, ctx: Context) -> list:
         )
     if tuning:
         passes.append(get_pass("finetune", method=o["finetune"], steps=o["finetune_steps"], batch=int(o["finetune_batch"]),
-                               lr=o["finetune_lr"], seed=int(o["seed"]), device=o["device"], samples=o["calib_data"],
+                               lr=o["finetune_lr"], step_lr=o["finetune_step_lr"], seed=int(o["seed"]), device=o["device"], samples=o["calib_data"],
                                time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
                                gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES)))
     return passes

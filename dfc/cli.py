@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--finetune-time", type=float, help="seconds of fine-tuning the default steps fill, predicted from "
                                                        "the graph for 2 CPU cores (default 300; not with --finetune-steps)")
     o.add_argument("--finetune-batch", type=int, help="fine-tuning batch size (default 32)")
-    o.add_argument("--finetune-lr", type=float, help="fine-tuning Adam learning rate (default: kd 3e-4, blocks 1e-2)")
+    o.add_argument("--finetune-lr", type=float, help="fine-tuning Adam learning rate (default: kd 3e-4 for float "
+                                                     "parameters, blocks 1e-2 for the roundings)")
+    o.add_argument("--finetune-step-lr", type=float, help="kd: Adam's step on quantized weights, in units of each "
+                                                          "channel's quantization step (default 0.01)")
     o.add_argument("--device", help="BNS inverter and fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     o.add_argument("--input-mean", help="per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406")
@@ -224,7 +227,7 @@ def cmd_optimize(args) -> int:
         inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
         inverter_size=args.inverter_size, inverter_refine_steps=args.inverter_refine_steps,
         finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, finetune_batch=args.finetune_batch,
-        finetune_lr=args.finetune_lr, device=args.device, input_mean=mean, input_std=std,
+        finetune_lr=args.finetune_lr, finetune_step_lr=args.finetune_step_lr, device=args.device, input_mean=mean, input_std=std,
         debug=args.debug, measure=not args.no_measure,
     )
     report["input"], report["output"] = str(src), str(dst)

@@ -135,7 +135,7 @@ def _inverter_lines(passes: dict) -> list[str]:
     if ft and "kl_before" in ft:
         out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
                    f"({ft['blocks']} blocks) on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
-                   f"{ft['batch']}, lr {ft['lr']:g}, {ft['device']}: output KL to the float model on the samples "
+                   f"{ft['batch']}, lr {_lr_text(ft)}, {ft['device']}: output KL to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
                    + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted on 2 CPU cores, took "
                       f"{ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")
@@ -170,3 +170,10 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def _lr_text(ft: dict) -> str:
+    """kd on a quantized student: the coded weights' lr in quantization steps, then the float parameters' lr."""
+    if ft.get("step_lr") is None:
+        return f"{ft['lr']:g}"
+    return f"{ft['step_lr']:g} quantization steps (float parameters {ft['lr']:g})"

@@ -57,7 +57,7 @@ class Finetune(Pass):
         if info["kept"] == "input":
             ctx.note(f"finetune: {cfg.method} raised the output KL to the float model on the samples "
                      f"({info['kl_before']:.4g} -> {info['kl_after']:.4g}); the model before fine-tuning is kept "
-                     "(a lower --finetune-lr may help)")
+                     f"(a lower {'--finetune-step-lr' if info.get('step_lr') else '--finetune-lr'} may help)")
         return ir.import_graph(tuned)
 
     def _samples(self, graph: gs.Graph, ctx: Context):

@@ -116,7 +116,8 @@ def test_trained_codes_stay_in_their_bit_range(demo_w2a4):
 
     before = weight_ranges(qdq)
     assert {r for *_, r in before} == {(-2, 1), (-8, 7)} and any(lo == -2 for lo, _, _ in before)
-    out, _ = finetune(qdq, teacher, rand((64, 1, 8, 8), seed=5), FinetuneConfig(method="kd", steps=30, batch=16, lr=3e-2))
+    out, _ = finetune(qdq, teacher, rand((64, 1, 8, 8), seed=5), FinetuneConfig(method="kd", steps=30, batch=16, lr=3e-2,
+                                                                                     step_lr=3.0))
     after = weight_ranges(out)
     assert [r for *_, r in after] == [r for *_, r in before]
     assert all(r[0] <= lo and hi <= r[1] for lo, hi, r in after)
@@ -139,6 +140,8 @@ def test_float_student_after_pruning(demo_w2a4, digits_test, method):
     (dict(finetune="kd", finetune_steps=-1), "--finetune-steps"),
     (dict(finetune="kd", finetune_batch=0), "--finetune-batch"),
     (dict(finetune="kd", finetune_lr=0.0), "--finetune-lr"),
+    (dict(finetune="kd", finetune_step_lr=-0.01), "--finetune-step-lr must be a positive number"),
+    (dict(finetune_step_lr=0.01), "--finetune-step-lr is a fine-tuning option: give --finetune"),
     (dict(finetune="kd", finetune_time=-5), "--finetune-time must be a positive number"),
     (dict(finetune_steps=10), "--finetune-steps is a fine-tuning option: give --finetune"),
 ])
@@ -195,13 +198,45 @@ def test_finetune_time_sets_the_default_steps(residual):
     assert 145 <= ft["steps"] <= 150 and ft["predicted_seconds"] <= 150 * step * 1.01
 
 
-def test_training_that_raises_the_kl_is_not_kept(residual):
+@pytest.mark.parametrize("knob", ["finetune_lr", "finetune_step_lr"])
+def test_training_that_raises_the_kl_is_not_kept(residual, knob):
     """A student that ends farther from the teacher on the samples than it started is not written: the QDQ graph
     before fine-tuning is (same weights), and the report says so."""
     plain = api.optimize(residual[0], **RESIDUAL_QDQ_OPTS)
     out, rep = api.optimize_with_report(residual[0], **RESIDUAL_QDQ_OPTS, finetune="kd", finetune_steps=20,
-                                        finetune_lr=50.0)
+                                        **{knob: 50.0})
     ft = rep["passes"]["finetune"]
     assert ft["kl_after"] > ft["kl_before"] and ft["kept"] == "input"
     assert {i.name: i.raw_data for i in out.graph.initializer} == {i.name: i.raw_data for i in plain.graph.initializer}
     assert any("the model before fine-tuning is kept" in n for n in rep["notes"])
+
+
+def test_kd_moves_quantized_weights_in_quantization_steps():
+    """Adam's first step moves every element by ~lr; counted in quantization steps, a channel moves by c·s_channel
+    (4-bit and 8-bit channels alike), and the optimizer's own state is untouched."""
+    from dfc.finetune import adam_step_in_quant_steps
+    from dfc.student import QuantizedTensor
+
+    scale = np.array([0.5, 0.01, 0.002], np.float32)  # three channels, scales 250x apart
+    codes = np.array([[3, -2], [100, -7], [-120, 5]], np.int8)
+    q = QuantizedTensor(codes, scale, axis=0)
+    w0 = q.w.detach().clone()
+    opt = torch.optim.Adam([q.w], lr=0.01)
+    (q() * torch.tensor([[1.0, -2.0]])).sum().backward()
+    adam_step_in_quant_steps(opt, [q])
+    moved = (q.w.detach() - w0).abs() / torch.from_numpy(scale)[:, None]
+    assert torch.allclose(moved, torch.full_like(moved, 0.01), rtol=1e-3)
+    assert q.export_codes().tolist() == codes.tolist()  # a hundredth of a step changes no code
+
+
+def test_kd_steps_in_quantization_steps_only_where_rounding_is_the_gap(demo_w2a4, digits_test):
+    """A quantized student of the teacher's architecture moves its codes' latents in quantization steps; a pruned one
+    (fewer weights: further from the teacher than rounding) moves every parameter at the absolute lr."""
+    from dfc.finetune import DEFAULT_STEP_LR
+    from dfc.report import summary_table
+
+    opts = dict(calib_data=digits_test[0][:64], measure=False, finetune="kd", finetune_steps=2)
+    _, plain = api.optimize_with_report(demo_w2a4[0], **opts)
+    _, pruned = api.optimize_with_report(demo_w2a4[0], prune=0.5, **opts)
+    assert plain["passes"]["finetune"]["step_lr"] == DEFAULT_STEP_LR and pruned["passes"]["finetune"]["step_lr"] is None
+    assert f"lr {DEFAULT_STEP_LR:g} quantization steps" in summary_table(plain)
