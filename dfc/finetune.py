@@ -221,15 +221,6 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
     return {"train_loss_first": first, "train_loss_last": last}
 
 
-def weight_count(model: onnx.ModelProto) -> int:
-    """Elements of the Conv/Gemm/MatMul weights, float or behind a DequantizeLinear (what pruning removes)."""
-    size = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in size:
-            size[n.output[0]] = size[n.input[0]]
-    return sum(size.get(n.input[1], 0) for n in model.graph.node if n.op_type in WEIGHTED and len(n.input) > 1)
-
-
 def in_quant_steps(m: torch.nn.Module) -> bool:
     """Whether kd moves this tensor in units of its quantization step: int8-coded weights with an STE latent."""
     return isinstance(m, QuantizedTensor) and not m.learn_rounding and m.dtype == np.int8
@@ -341,6 +332,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     output KL to the teacher on the (unaugmented) samples ends above the untrained one's, `model` itself is returned
     and info["kept"] says "input" (ResNet-56 W8A8, kd at lr 3e-4: KL 0.0041 → 0.0446, JPEG agreement 97.98 → 94.44 %)."""
     from dfc.inverter import pick_device
+    from dfc.stats import model_summary
     from dfc.student import float_weights_of
 
     if cfg.method not in METHODS:
@@ -366,8 +358,8 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         predicted = steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch)
     # kd counts the quantized weights' steps in quantization steps where rounding is all that separates them from the
     # teacher; a pruned student (fewer weights) has further to go: all its parameters move at the absolute lr
-    in_steps = (cfg.method == "kd" and weight_count(model) == weight_count(teacher_model)
-                and any(in_quant_steps(m) for m in student.tensors.values()))
+    in_steps = (cfg.method == "kd" and any(in_quant_steps(m) for m in student.tensors.values())
+                and model_summary(model)["weight_params"] == model_summary(teacher_model)["weight_params"])
     kl_before = output_kl(student, teacher, xt)
     if steps > 0 and cfg.method == "blocks" and cfg.copies > 1:
         from dfc.inverter import augment
