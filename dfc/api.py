@@ -155,6 +155,8 @@ def resolve_options(options: dict) -> dict:
     given = [k for k in ("finetune_steps", "finetune_time", "finetune_lr", "finetune_step_lr") if o[k] is not None]
     if o["finetune"] is None and given:
         raise DfcError(f"--{given[0].replace('_', '-')} is a fine-tuning option: give --finetune kd|blocks too")
+    if o["finetune"] == "blocks" and o["finetune_step_lr"] is not None:
+        raise DfcError("--finetune-step-lr is a kd option (blocks learns roundings at --finetune-lr)")
     if o["finetune_time"] is not None and o["finetune_steps"] is not None:
         raise DfcError("--finetune-time sets the default steps; it cannot be combined with --finetune-steps")
     for key in ("finetune_lr", "finetune_step_lr"):

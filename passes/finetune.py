@@ -54,6 +54,9 @@ class Finetune(Pass):
         tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]))
         info["samples_source"] = source
         ctx.results["finetune"] = info
+        if cfg.step_lr is not None and info.get("step_lr") is None:
+            ctx.note("finetune: --finetune-step-lr applies to a quantized student of the teacher's architecture; this "
+                     "one (pruned or float) trained every parameter at --finetune-lr")
         if info["kept"] == "input":
             ctx.note(f"finetune: {cfg.method} raised the output KL to the float model on the samples "
                      f"({info['kl_before']:.4g} -> {info['kl_after']:.4g}); the model before fine-tuning is kept "

@@ -142,6 +142,7 @@ def test_float_student_after_pruning(demo_w2a4, digits_test, method):
     (dict(finetune="kd", finetune_lr=0.0), "--finetune-lr"),
     (dict(finetune="kd", finetune_step_lr=-0.01), "--finetune-step-lr must be a positive number"),
     (dict(finetune_step_lr=0.01), "--finetune-step-lr is a fine-tuning option: give --finetune"),
+    (dict(finetune="blocks", finetune_step_lr=0.01), "--finetune-step-lr is a kd option"),
     (dict(finetune="kd", finetune_time=-5), "--finetune-time must be a positive number"),
     (dict(finetune_steps=10), "--finetune-steps is a fine-tuning option: give --finetune"),
 ])
@@ -237,6 +238,7 @@ def test_kd_steps_in_quantization_steps_only_where_rounding_is_the_gap(demo_w2a4
 
     opts = dict(calib_data=digits_test[0][:64], measure=False, finetune="kd", finetune_steps=2)
     _, plain = api.optimize_with_report(demo_w2a4[0], **opts)
-    _, pruned = api.optimize_with_report(demo_w2a4[0], prune=0.5, **opts)
+    _, pruned = api.optimize_with_report(demo_w2a4[0], prune=0.5, finetune_step_lr=0.05, **opts)
     assert plain["passes"]["finetune"]["step_lr"] == DEFAULT_STEP_LR and pruned["passes"]["finetune"]["step_lr"] is None
+    assert any("trained every parameter at --finetune-lr" in n for n in pruned["notes"])
     assert f"lr {DEFAULT_STEP_LR:g} quantization steps" in summary_table(plain)
