@@ -205,6 +205,17 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     return gs.import_onnx(model)
 
 
+def static_shapes(graph: gs.Graph) -> dict[str, list[int]]:
+    """Tensor name -> shape, for the tensors whose dimensions ONNX shape inference knows beyond the batch (the first
+    dimension is kept as it is, a number or a name)."""
+    shapes = {}
+    for t in infer_shapes(graph).tensors().values():
+        shape = getattr(t, "shape", None)
+        if isinstance(t, gs.Variable) and shape and all(isinstance(d, (int, np.integer)) and d > 0 for d in shape[1:]):
+            shapes[t.name] = list(shape)
+    return shapes
+
+
 def rank_of(t: gs.Tensor) -> int | None:
     shape = getattr(t, "shape", None)
     return None if shape is None else len(shape)

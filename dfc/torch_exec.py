@@ -325,6 +325,7 @@ _OPS = {
     "Slice": _slice,
     "Concat": lambda m, n, a: torch.cat(a, dim=int(n.attrs["axis"])),
     "Reshape": _reshape,
+    "Expand": lambda m, n, a: a[0].expand(torch.broadcast_shapes(tuple(a[0].shape), tuple(_ints(a[1].cpu().numpy())))),
     "Flatten": _flatten,
     "Transpose": lambda m, n, a: a[0].permute(*(_ints(n.attrs["perm"]) if "perm" in n.attrs else reversed(range(a[0].dim())))),
     "Squeeze": _squeeze,

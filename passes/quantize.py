@@ -140,6 +140,26 @@ class Quantize(Pass):
             elif n.op in POOLS:
                 want(n.inputs[0], o["abits"])
                 want(n.outputs[0], o["abits"])
+        # an activation already quantized plus a per-channel constant: the constant is quantized too, so that ORT
+        # runs a QLinearAdd (left in float, each is a DequantizeLinear -> Add -> Relu -> QuantizeLinear detour; a
+        # W8A8 ResNet-56 with 19 residual branches removed ran at 0.33x fp32 that way). In graph order, so that a
+        # chain of them (consecutive removed branches) qualifies link by link.
+        const_adds = {}
+        shapes = None
+        for n in graph.nodes:
+            pair = self._channel_constant_add(n)
+            if pair is None or pair[0].name not in act_bits:
+                continue
+            shapes = ir.static_shapes(graph) if shapes is None else shapes
+            full = shapes.get(pair[0].name)
+            if full is None:  # QLinearAdd broadcasting a [1, C, 1, 1] operand is slower than the float detour
+                continue
+            r = ir.single_consumer(n.outputs[0], graph)
+            hi = self._absorbable_upper(graph, r) if r is not None else None
+            if hi is not None:
+                fused[n.outputs[0].name] = (r, hi)
+            want(out_of(n), act_bits[pair[0].name])
+            const_adds[n.name] = (pair[1], [1] + full[1:])
         shared = self._shared_params(graph, act_bits)
 
         # ------------------------------------------------------------- calibrate
@@ -169,6 +189,9 @@ class Quantize(Pass):
         for t in act_bits:
             if t in tensors:
                 self._insert_qdq(graph, tensors[t], params[t])
+        for n in graph.nodes:
+            if n.name in const_adds:
+                self._quantize_add_constant(graph, n, *const_adds[n.name])
         layers = []
         for n in weighted:
             x_params = params[input_of[id(n)]]
@@ -250,20 +273,41 @@ class Quantize(Pass):
         quantized = {id(n) for n in weighted}
         fused = {}
         for r in ir.nodes_by_op(graph, "Relu", "Clip"):
-            bounds = (0.0, float("inf")) if r.op == "Relu" else ir.clip_bounds(r)
-            if bounds is None or bounds[0] != 0.0 or not bounds[1] > 0.0:
-                continue
-            x = r.inputs[0]
-            p = ir.producer(x)
-            if p is None or p.op not in FUSABLE_ACTIVATION_PRODUCERS or ir.is_graph_output(graph, r.outputs[0]):
+            p = ir.producer(r.inputs[0])
+            if p is None or p.op not in FUSABLE_ACTIVATION_PRODUCERS:
                 continue
             if p.op != "Add" and id(p) not in quantized:
                 continue
             if p.op == "Add" and not all(isinstance(t, gs.Variable) for t in p.inputs):
                 continue
-            if ir.single_consumer(x, graph) is r:
-                fused[x.name] = (r, bounds[1])
+            hi = Quantize._absorbable_upper(graph, r)
+            if hi is not None:
+                fused[r.inputs[0].name] = (r, hi)
         return fused
+
+    @staticmethod
+    def _absorbable_upper(graph: gs.Graph, r: gs.Node) -> float | None:
+        """The upper clip of `r` when its input's quantizer can absorb it (a Relu, or a Clip(0, hi) with hi > 0, the
+        only reader of its input, not a graph output), else None."""
+        bounds = (0.0, float("inf")) if r.op == "Relu" else ir.clip_bounds(r) if r.op == "Clip" else None
+        if bounds is None or bounds[0] != 0.0 or not bounds[1] > 0.0 or ir.is_graph_output(graph, r.outputs[0]):
+            return None
+        return bounds[1] if ir.single_consumer(r.inputs[0], graph) is r else None
+
+    @staticmethod
+    def _channel_constant_add(n: gs.Node) -> tuple[gs.Variable, gs.Constant] | None:
+        """(activation, constant) of an Add of an activation and a per-channel or scalar float constant: what depth
+        pruning leaves of a removed residual branch (y = S + E[f(S)], `dfc.branches`), else None."""
+        if n.op != "Add" or len(n.inputs) != 2:
+            return None
+        var = [t for t in n.inputs if isinstance(t, gs.Variable)]
+        const = [t for t in n.inputs if isinstance(t, gs.Constant)]
+        if len(var) != 1 or len(const) != 1 or const[0].values.dtype != np.float32 or const[0].values.size < 1:
+            return None
+        c = const[0].values
+        if c.size > 1 and (sorted(c.shape)[:-1] != [1] * (c.ndim - 1) or not var[0].shape or c.ndim > len(var[0].shape)):
+            return None
+        return var[0], const[0]
 
     @staticmethod
     def _shared_params(graph: gs.Graph, act_bits: dict[str, int]) -> dict[str, str]:
@@ -396,6 +440,25 @@ class Quantize(Pass):
             "weight_rel_error": round(err, 6), "int32_bias": bias_int,
             "bias_shift": None if shift is None else round(float(np.abs(shift).mean()), 6),
         }
+
+    def _quantize_add_constant(self, graph: gs.Graph, n: gs.Node, c: gs.Constant, shape: list[int]) -> None:
+        """The constant operand of an Add as uint8 codes, per tensor (QLinearAdd reads one scale per input), 8 bits
+        over [min(c, 0), max(c, 0)] (an error of at most half a step per channel), expanded to `shape` ([1, C, H, W])
+        in front of its DequantizeLinear. ORT folds the Expand when it loads the model: its QLinearAdd then adds two
+        tensors broadcast over the batch only, about 2x faster per Add than with a [1, C, 1, 1] operand (ResNet-56,
+        19 branches removed, W8A8: 0.20x fp32 against 0.43x), and the file keeps C codes, not C·H·W."""
+        p = qm.act_qparams(float(c.values.min()), float(c.values.max()), 8)
+        q = np.clip(np.round(c.values / p.scale) + p.zero_point, 0, 255).astype(np.uint8)
+        base = n.name + "_c"
+        codes = gs.Variable(ir.unique_name(graph, base + "_expanded"), dtype=np.uint8, shape=shape)
+        graph.nodes.append(gs.Node("Expand", name=base + "_expand", outputs=[codes], inputs=[
+            ir.make_const(ir.unique_name(graph, base + "_quant"), q),
+            ir.make_const(ir.unique_name(graph, base + "_shape"), np.array(shape, np.int64))]))
+        out = gs.Variable(ir.unique_name(graph, base + "_dq"), dtype=np.float32, shape=shape)
+        graph.nodes.append(gs.Node("DequantizeLinear", name=base + "_DQ", outputs=[out], inputs=[
+            codes, ir.make_const(ir.unique_name(graph, base + "_scale"), np.array(p.scale, np.float32)),
+            ir.make_const(ir.unique_name(graph, base + "_zp"), np.array(p.zero_point, np.uint8))]))
+        n.inputs[n.inputs.index(c)] = out
 
     @staticmethod
     def _dq_const(graph, base, q, scale, zp, axis, shape) -> gs.Variable:

@@ -99,6 +99,37 @@ def test_depth_pruned_model_quantizes_and_runs():
     assert np.isfinite(run(out, rand((4, 3, 8, 8)))).all()
 
 
+def test_removed_branches_quantize_to_qlinear_adds():
+    """What a removed branch leaves, y = Relu(S + E[f(S)]), runs as a QLinearAdd: the constant's codes are stored per
+    channel and expanded to the activation's shape (ORT folds the Expand), so no float Add and no extra
+    Quantize/DequantizeLinear remain; the QDQ graph stays close to the float one, and the torch executor (the
+    fine-tuning student's) reads the Expand as ORT does."""
+    import torch
+
+    from dfc.runtime import make_session, ort_optimized_ops
+    from dfc.torch_exec import TorchGraph
+
+    g, ctx = _folded(_resnet(blocks=3))
+    for name in ("blk0/add", "blk1/add"):  # two in a row: the second reads the first's quantized output
+        branch = next(b for b in residual_branches(g, ctx.bn_stats) if b.add == name)
+        g = ir.infer_shapes(remove_branch(g, branch, ctx.bn_stats))
+    pruned = ir.export_model(g)
+    q = PassManager([get_pass("quantize", calib="gaussian", calib_samples=32)]).run(pruned, ctx)
+    onnx.checker.check_model(q, full_check=True)
+    ops = ort_optimized_ops(q)
+    assert ops["QLinearAdd"] == 3 and ops["Add"] == 0 and ops["DequantizeLinear"] == 0, ops
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    expands = [n for n in q.graph.node if n.op_type == "Expand"]
+    assert len(expands) == 2 and all(inits[n.input[0]].dtype == np.uint8 and inits[n.input[0]].size == 8 for n in expands)
+    x = rand((16, 3, 8, 8), seed=4)
+    ref, out = run(pruned, x), run(q, x)
+    assert np.abs(out - ref).mean() < 0.05 * np.abs(ref).mean()
+    s = make_session(q, optimize=False)
+    qdq = s.run(None, {s.get_inputs()[0].name: x})[0]
+    torch_out = TorchGraph(q)(torch.from_numpy(x))[0][0].detach().numpy()
+    np.testing.assert_allclose(torch_out, qdq, atol=1e-4)
+
+
 def test_prune_depth_option():
     assert prune_depth(resolve_options({})) and not prune_depth(resolve_options({"prune_depth": "off"}))
     with pytest.raises(DfcError, match="--prune-depth must be one of"):
