@@ -217,6 +217,8 @@ def build_passes(o: dict, ctx: Context) -> list:
                  latency_batch=int(o["probe_samples"]), depth=prune_depth(o),
                  quant={k: o[k] for k in ("wbits", "abits", "first_last_bits")} if quantizing else None),
     ]
+    if quantizing and o["finetune"] == "kd":  # a pruned student trains in float, before quantization
+        passes.append(_finetune_pass(o, stage="pruned-float"))
     if quantizing and compensating and o["udfc_requant"]:
         passes.append(get_pass("udfc-requant", wbits=o["wbits"], first_last_bits=o["first_last_bits"],
                                alpha_q=float(o["alpha_q"])))
@@ -231,11 +233,15 @@ def build_passes(o: dict, ctx: Context) -> list:
             )
         )
     if tuning:
-        passes.append(get_pass("finetune", method=o["finetune"], steps=o["finetune_steps"], batch=int(o["finetune_batch"]),
-                               lr=o["finetune_lr"], step_lr=o["finetune_step_lr"], seed=int(o["seed"]), device=o["device"], samples=o["calib_data"],
-                               time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
-                               gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES)))
+        passes.append(_finetune_pass(o))
     return passes
+
+
+def _finetune_pass(o: dict, stage: str | None = None):
+    return get_pass("finetune", method=o["finetune"], steps=o["finetune_steps"], batch=int(o["finetune_batch"]),
+                    lr=o["finetune_lr"], step_lr=o["finetune_step_lr"], seed=int(o["seed"]), device=o["device"],
+                    samples=o["calib_data"], time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
+                    gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES), stage=stage)
 
 
 def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dict]:

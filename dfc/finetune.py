@@ -325,6 +325,14 @@ def _block_loss(run, x_q: torch.Tensor, target: torch.Tensor) -> float:
         return float(d.pow(2).sum(1).mean() if d.dim() > 1 else d.pow(2).mean())
 
 
+def is_pruned(model: onnx.ModelProto, teacher_model: onnx.ModelProto) -> bool:
+    """Whether `model` has fewer weights than the teacher (channels or residual branches removed): its student has
+    an architecture gap to close, not only rounding."""
+    from dfc.stats import model_summary
+
+    return model_summary(model)["weight_params"] < model_summary(teacher_model)["weight_params"]
+
+
 def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarray, cfg: FinetuneConfig,
              float_model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `model` (QDQ or float) towards `teacher_model` on samples `x`; returns (model, info).
@@ -332,7 +340,6 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     output KL to the teacher on the (unaugmented) samples ends above the untrained one's, `model` itself is returned
     and info["kept"] says "input" (ResNet-56 W8A8, kd at lr 3e-4: KL 0.0041 → 0.0446, JPEG agreement 97.98 → 94.44 %)."""
     from dfc.inverter import pick_device
-    from dfc.stats import model_summary
     from dfc.student import float_weights_of
 
     if cfg.method not in METHODS:
@@ -359,7 +366,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     # kd counts the quantized weights' steps in quantization steps where rounding is all that separates them from the
     # teacher; a pruned student (fewer weights) has further to go: all its parameters move at the absolute lr
     in_steps = (cfg.method == "kd" and any(in_quant_steps(m) for m in student.tensors.values())
-                and model_summary(model)["weight_params"] == model_summary(teacher_model)["weight_params"])
+                and not is_pruned(model, teacher_model))
     kl_before = output_kl(student, teacher, xt)
     if steps > 0 and cfg.method == "blocks" and cfg.copies > 1:
         from dfc.inverter import augment

@@ -103,6 +103,7 @@ class Pass:
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = False  # exact passes must reproduce the outputs (tested to 1e-4)
+    skipped: bool = False  # set by `run` when it left the graph as it was: no entry in the results then
 
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.default_options())
@@ -149,9 +150,11 @@ class PassManager:
         for p in self.passes:
             t0 = time.perf_counter()
             ctx.logger.info("pass %s ...", p.name)
+            p.skipped = False
             graph = p.run(graph, ctx)
             ir.tidy(graph)
-            ctx.results.setdefault(p.name, {})["seconds"] = round(time.perf_counter() - t0, 3)
+            if not p.skipped:  # a second pass of one name that did nothing keeps the first one's time
+                ctx.results.setdefault(p.name, {})["seconds"] = round(time.perf_counter() - t0, 3)
             if ctx.debug:
                 from dfc.modelio import check_model
 

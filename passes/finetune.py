@@ -5,6 +5,12 @@
 weights the codes are rounded from). `finetune` (dfc.finetune) trains the current graph, QDQ or float, towards the
 teacher on `ctx.calibration` and writes the weights back into the same graph form. Lossy; reports the output KL
 divergence to the teacher on the samples before and after.
+
+With `stage="pruned-float"` (`dfc optimize --finetune kd` puts one between `prune` and `quantize`) it trains only a
+pruned graph, in float, and the `finetune` after `quantize` then has nothing left to do: a pruned student has an
+architecture gap to close, which it closes better without the quantizers in the loop, and the codes are rounded
+from the trained weights. ResNet-56 `--target-latency 0.3` W8A8 (12-13 of 25 residual branches removed), kd for
+1853 steps: trained after quantization 86.73 top-1, trained in float before it 90.76.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import onnx_graphsurgeon as gs
 
 from dfc import ir
 from dfc.errors import DfcError
-from dfc.finetune import FinetuneConfig, finetune
+from dfc.finetune import FinetuneConfig, finetune, is_pruned
 from dfc.pipeline import Context, Pass, register
+
+PRUNED_FLOAT = "pruned-float"  # train a pruned graph in float, before quantization
 
 
 @register
@@ -41,18 +49,27 @@ class Finetune(Pass):
         # samples: the inputs to train on when the run synthesized none (user calibration data); else ctx.calibration,
         # and Gaussian noise (with a note) when there is neither
         return {**asdict(FinetuneConfig()), "teacher": "teacher", "float": "float", "samples": None,
-                "gaussian_samples": 256}
+                "gaussian_samples": 256, "stage": None}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         o = self.options
+        if o["stage"] not in (None, PRUNED_FLOAT):
+            raise DfcError(f"finetune: stage must be None or {PRUNED_FLOAT!r}, got {o['stage']!r}")
         teacher = ctx.snapshots.get(o["teacher"])
         if teacher is None:
             raise DfcError(f"finetune: no teacher graph; run the `snapshot` pass (key {o['teacher']!r}) before pruning")
+        self.skipped = True
+        if ctx.results.get("finetune", {}).get("stage") == PRUNED_FLOAT:
+            return graph  # trained before quantization
+        model = ir.export_model(graph)
+        if o["stage"] == PRUNED_FLOAT and not is_pruned(model, teacher):
+            return graph  # nothing was pruned: the student trains after quantization
+        self.skipped = False
         x, source = self._samples(graph, ctx)
         cfg = FinetuneConfig(**{f.name: o[f.name] for f in fields(FinetuneConfig)})
-        model = ir.export_model(graph)
         tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]))
         info["samples_source"] = source
+        info["stage"] = o["stage"]
         ctx.results["finetune"] = info
         if cfg.step_lr is not None and info.get("step_lr") is None:
             ctx.note("finetune: --finetune-step-lr applies to a quantized student of the teacher's architecture; this "

@@ -230,6 +230,25 @@ def test_kd_moves_quantized_weights_in_quantization_steps():
     assert q.export_codes().tolist() == codes.tolist()  # a hundredth of a step changes no code
 
 
+def test_pruned_kd_student_trains_in_float_before_quantization(demo_w2a4, digits_test):
+    """kd of a pruned, quantized model trains the pruned float graph and quantizes the result (the pass after
+    `quantize` has nothing left to do and leaves the time and numbers as they were); without pruning the QDQ
+    student trains after quantization."""
+    from dfc.report import summary_table
+
+    opts = dict(calib_data=digits_test[0][:64], measure=False, finetune="kd", finetune_steps=60)
+    out, pruned = api.optimize_with_report(demo_w2a4[0], prune=0.5, **opts)
+    ft = pruned["passes"]["finetune"]
+    assert ft["stage"] == "pruned-float" and ft["kl_after"] < ft["kl_before"] and ft["seconds"] > 0.0
+    assert ft["step_lr"] is None and ft["learned_act_scales"] == 0
+    assert list(pruned["passes"]).index("finetune") < list(pruned["passes"]).index("quantize")
+    assert "of the pruned float graph, before quantization" in summary_table(pruned)
+    assert any(n.op_type == "QuantizeLinear" for n in out.graph.node)
+    _, plain = api.optimize_with_report(demo_w2a4[0], **opts)
+    assert plain["passes"]["finetune"]["stage"] is None
+    assert list(plain["passes"]).index("finetune") > list(plain["passes"]).index("quantize")
+
+
 def test_kd_steps_in_quantization_steps_only_where_rounding_is_the_gap(demo_w2a4, digits_test):
     """A quantized student of the teacher's architecture moves its codes' latents in quantization steps; a pruned one
     (fewer weights: further from the teacher than rounding) moves every parameter at the absolute lr."""
