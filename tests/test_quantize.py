@@ -195,3 +195,32 @@ def test_shortcut_pad_runs_on_the_quantized_tensor_bit_exactly(monkeypatch):
     ref = optimize(m, **ctx_opts)
     x = rand((4, 3, 32, 32))
     np.testing.assert_array_equal(run(q, x), run(ref, x))
+
+
+@pytest.mark.parametrize("case", ["per-channel", "scalar", "graph-output"])
+def test_only_a_per_channel_constant_add_read_quantized_becomes_a_qlinear_add(case):
+    """conv -> Add(constant) -> Relu -> conv: a per-channel constant is quantized with its activation (QLinearAdd,
+    codes expanded to the activation's shape); a scalar (the x + 3 of a hard-swish), or an Add whose result leaves the
+    graph in float, keeps its float constant."""
+    from onnx import helper
+
+    from conftest import make_model
+
+    r = np.random.default_rng(0)
+    c = {"scalar": np.array(0.5), "per-channel": r.normal(0, 1, (1, 4, 1, 1)), "graph-output": r.normal(0, 1, (1, 4, 1, 1))}[case]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["y", "c"], ["s"])]
+    if case == "graph-output":
+        outputs = [("s", ["N", 4, 6, 6])]
+    else:
+        nodes += [helper.make_node("Relu", ["s"], ["a"]), helper.make_node("Conv", ["a", "w2"], ["z"])]
+        outputs = [("z", ["N", 2, 4, 4])]
+    inits = {"w1": r.normal(0, 0.3, (4, 3, 3, 3)), "w2": r.normal(0, 0.3, (2, 4, 3, 3)), "c": c}
+    m = make_model(nodes, [("x", ["N", 3, 6, 6])], outputs, {k: np.asarray(v, np.float32) for k, v in inits.items()})
+    q, _ = _quantize(m, calib="gaussian", calib_samples=16)
+    check_model(q)
+    expands = [n for n in q.graph.node if n.op_type == "Expand"]
+    float_adds = ort_optimized_ops(q)["Add"]
+    assert (len(expands), float_adds) == ((1, 0) if case == "per-channel" else (0, 1))
+    x = rand((8, 3, 6, 6), seed=1)
+    ref = run(m, x)
+    assert np.abs(run(q, x) - ref).mean() < 0.05 * np.abs(ref).mean()
