@@ -231,9 +231,9 @@ def test_kd_moves_quantized_weights_in_quantization_steps():
 
 
 def test_pruned_kd_student_trains_in_float_before_quantization(demo_w2a4, digits_test):
-    """kd of a pruned, quantized model trains the pruned float graph and quantizes the result (the pass after
-    `quantize` has nothing left to do and leaves the time and numbers as they were); without pruning the QDQ
-    student trains after quantization."""
+    """kd of a pruned model quantized to 8 bits trains the pruned float graph and quantizes the result (the pass after
+    `quantize` has nothing left to do and leaves the time and numbers as they were); without pruning, or below 8
+    bits, the QDQ student trains after quantization."""
     from dfc.report import summary_table
 
     opts = dict(calib_data=digits_test[0][:64], measure=False, finetune="kd", finetune_steps=60)
@@ -244,9 +244,10 @@ def test_pruned_kd_student_trains_in_float_before_quantization(demo_w2a4, digits
     assert list(pruned["passes"]).index("finetune") < list(pruned["passes"]).index("quantize")
     assert "of the pruned float graph, before quantization" in summary_table(pruned)
     assert any(n.op_type == "QuantizeLinear" for n in out.graph.node)
-    _, plain = api.optimize_with_report(demo_w2a4[0], **opts)
-    assert plain["passes"]["finetune"]["stage"] is None
-    assert list(plain["passes"]).index("finetune") > list(plain["passes"]).index("quantize")
+    for extra in ({}, {"prune": 0.5, "wbits": 4, "abits": 4, "first_last_bits": 4}):  # unpruned; pruned below 8 bits
+        _, after = api.optimize_with_report(demo_w2a4[0], **extra, **opts)
+        assert after["passes"]["finetune"]["stage"] is None
+        assert list(after["passes"]).index("finetune") > list(after["passes"]).index("quantize")
 
 
 def test_kd_steps_in_quantization_steps_only_where_rounding_is_the_gap(demo_w2a4, digits_test):
