@@ -9,8 +9,9 @@ divergence to the teacher on the samples before and after.
 With `stage="pruned-float"` (`dfc optimize --finetune kd` with 8-bit quantization puts one between `prune` and
 `quantize`) it trains only a pruned graph, in float, and the `finetune` after `quantize` then has nothing left to do:
 a pruned student has an architecture gap to close, which it closes better without the quantizers in the loop, and
-the codes are rounded from the trained weights. ResNet-56 `--target-latency 0.3` W8A8 (the same 13 of 25 residual branches removed, default
-steps for ~300 s): trained after quantization 86.73 top-1 (1853 steps), trained in float before it 89.09 (2466).
+the codes are rounded from the trained weights. ResNet-56 `--target-latency 0.3` W8A8 (the same 13 of 25 residual
+branches removed, default steps for ~300 s): trained after quantization 86.73 top-1 (1853 steps), trained in float
+before it 89.09 (2466).
 """
 
 from __future__ import annotations

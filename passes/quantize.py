@@ -147,7 +147,7 @@ class Quantize(Pass):
         const_adds = {}
         shapes = None
         for n in graph.nodes:
-            pair = self._channel_constant_add(n)
+            pair = self._constant_add(n)
             if pair is None or pair[0].name not in act_bits:
                 continue
             shapes = ir.static_shapes(graph) if shapes is None else shapes
@@ -298,7 +298,7 @@ class Quantize(Pass):
         return bounds[1] if ir.single_consumer(r.inputs[0], graph) is r else None
 
     @staticmethod
-    def _channel_constant_add(n: gs.Node) -> tuple[gs.Variable, gs.Constant] | None:
+    def _constant_add(n: gs.Node) -> tuple[gs.Variable, gs.Constant] | None:
         """(activation, constant) of an Add of an activation and a float constant, else None."""
         if n.op != "Add" or len(n.inputs) != 2:
             return None
