@@ -3,8 +3,9 @@ import collections
 import numpy as np
 import onnx
 import pytest
+from onnx import helper
 
-from conftest import DEMO, conv_bn_relu_cnn, rand, run, shared_file
+from conftest import DEMO, conv_bn_relu_cnn, make_model, rand, run, shared_file
 from dfc.errors import DfcError
 from dfc.modelio import check_model, load_model
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
@@ -202,10 +203,6 @@ def test_only_a_per_channel_constant_add_read_quantized_becomes_a_qlinear_add(ca
     """conv -> Add(constant) -> Relu -> conv: a per-channel constant is quantized with its activation (QLinearAdd,
     codes expanded to the activation's shape); a scalar (the x + 3 of a hard-swish), or an Add whose result leaves the
     graph in float, keeps its float constant."""
-    from onnx import helper
-
-    from conftest import make_model
-
     r = np.random.default_rng(0)
     c = {"scalar": np.array(0.5), "per-channel": r.normal(0, 1, (1, 4, 1, 1)), "graph-output": r.normal(0, 1, (1, 4, 1, 1))}[case]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["y", "c"], ["s"])]
