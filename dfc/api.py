@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "input_mean": None,
     "input_std": None,
+    "input_shape": None,  # N,C,H,W: the shape to work at where the model's input dims are symbolic (dfc.signature)
     "finetune": None,  # kd | blocks: train the compressed graph against the float one on the samples (dfc.finetune)
     "finetune_steps": None,  # None: from the fine-tuning time budget (kd: total steps; blocks: per block)
     "finetune_time": None,  # seconds the default steps fill, predicted for 2 CPU cores (None: FinetuneConfig's 300 s)
@@ -162,6 +163,9 @@ def resolve_options(options: dict) -> dict:
     for key in ("finetune_lr", "finetune_step_lr"):
         if o[key] is not None and (not isinstance(o[key], (int, float)) or not 0 < float(o[key]) < float("inf")):
             raise DfcError(f"--{key.replace('_', '-')} must be a positive number, got {o[key]!r}")
+    if o["input_shape"] is not None and (not isinstance(o["input_shape"], (tuple, list)) or
+                                         not all(isinstance(v, (int, np.integer)) and v >= 1 for v in o["input_shape"])):
+        raise DfcError(f"--input-shape must be integers >= 1 (N,C,H,W), got {o['input_shape']!r}")
     if o["calib"] is not None:
         calibration.check_method(o["calib"])
     if o["calibrator"] not in calibration.CALIBRATORS:
@@ -251,16 +255,23 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     """Run the pipeline; returns (optimized model, report dict). The input is never modified."""
     from dfc.stats import model_summary
 
+    from dfc.signature import Signature
+
     o = resolve_options(options)
     original = as_model(model_or_path)
     ctx = _context(original, o)
     ctx.original_bytes = original.ByteSize()
+    signature = Signature.of(original)
+    ctx.input_shape = signature.work_shape(o["input_shape"], o["calib_data"]) if signature.reshaped else None
+    ctx.fixed_batch = signature.fixed_batch
     if o["calib_data"] is not None:  # the probe of the pruning checks too, as synthesized samples would be
         ctx.calibration, ctx.calibration_source = np.asarray(o["calib_data"], np.float32), "user data"
     _check_save_calib(o, ctx)
-    work = _prepared(original, o, ctx)
-    optimized = PassManager(build_passes(o, ctx), debug=o["debug"]).run(work, ctx)
+    work = signature.work_model(_prepared(original, o, ctx))
+    optimized = signature.restore(PassManager(build_passes(o, ctx), debug=o["debug"]).run(work, ctx))
     check_model(optimized, what="the optimized model")
+    if signature.free_dims:
+        signature.check_other_size(original, optimized, ctx)
     if o["save_calib"]:
         save_calibration(o["save_calib"], ctx)
     report = {
@@ -419,7 +430,7 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
     from dfc.validation import fidelity, logits_of
 
     try:
-        _, shape = calibration.input_spec(ir.import_graph(original))
+        shape = ctx.input_shape or calibration.input_spec(ir.import_graph(original))[1]
     except DfcError as e:
         ctx.note(f"no fidelity/latency measurement: {e}")
         return {"notes": list(ctx.notes)}

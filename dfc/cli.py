@@ -120,17 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     o.add_argument("--input-mean", help="per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406")
     o.add_argument("--input-std", help="per-channel std of the input normalisation")
+    o.add_argument("--input-shape", help="N,C,H,W to synthesize, calibrate and time at when the model's input dims "
+                                         "are symbolic (default: the shape of --calib-data); the written model keeps them")
     o.add_argument("--report", help="write the JSON report here")
     o.add_argument("--no-measure", action="store_true", help="skip the fidelity probe and latency measurement")
     o.add_argument("--debug", action="store_true", help="check validity after every pass; tracebacks on errors")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
 
-    e = sub.add_parser("eval", help="top-1 on labelled images; agreement with a reference model")
+    e = sub.add_parser("eval", help="top-1 on labelled images; fidelity to a reference model, per output")
     e.add_argument("model")
-    e.add_argument("--data", required=True, help=".npz with `images` uint8 [N,H,W,C] and `labels`")
+    e.add_argument("--data", required=True, help=".npz with `images` uint8 [N,H,W,C] and `labels` (labels optional "
+                                                 "with --reference: fidelity only)")
     e.add_argument("--mean", help="per-channel mean (default: the model's dfc metadata)")
     e.add_argument("--std", help="per-channel std (default: the model's dfc metadata)")
-    e.add_argument("--reference", help="reference model (e.g. the fp32 original) for agreement and KL")
+    e.add_argument("--reference", help="reference model (e.g. the fp32 original): per output relative L2 error and "
+                                       "SQNR, top-1 agreement and KL for [N, classes] outputs")
     e.add_argument("--fgsm", help="also top-1 under FGSM at these ε in pixel units, e.g. 1/255,2/255,8/255 (with "
                                   "--reference: the reference's own, the transfer case and the robust-accuracy ratio)")
     e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -160,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.ERROR, format="dfc: %(message)s")
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # ORT's optimizer warnings (sessions graphsurgeon makes too) are not ours
     if argv[:1] == ["bench"]:  # the benchmark has its own parser (dfc.bench)
         from dfc import bench
 
@@ -194,7 +201,7 @@ def cmd_optimize(args) -> int:
     from dfc.api import DEFAULTS, load_calibration, optimize_with_report, uses_samples
     from dfc.modelio import load_model, save_model_atomic
     from dfc.report import summary_table, write_json_atomic
-    from dfc.validation import parse_floats
+    from dfc.validation import parse_floats, parse_ints
 
     src, dst = Path(args.input), Path(args.output)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not args.force:
@@ -228,7 +235,7 @@ def cmd_optimize(args) -> int:
         inverter_size=args.inverter_size, inverter_refine_steps=args.inverter_refine_steps,
         finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, finetune_batch=args.finetune_batch,
         finetune_lr=args.finetune_lr, finetune_step_lr=args.finetune_step_lr, device=args.device, input_mean=mean, input_std=std,
-        debug=args.debug, measure=not args.no_measure,
+        input_shape=parse_ints(args.input_shape, "--input-shape"), debug=args.debug, measure=not args.no_measure,
     )
     report["input"], report["output"] = str(src), str(dst)
     report["after"]["size_bytes"] = save_model_atomic(optimized, dst)
@@ -243,15 +250,17 @@ def cmd_optimize(args) -> int:
 def cmd_eval(args) -> int:
     from dfc.modelio import load_model
     from dfc.pipeline import context_from_model
-    from dfc.validation import (check_input_shape, check_normalisation, fidelity, load_eval_data, logits_of,
-                                parse_floats, preprocess, top1)
+    from dfc.validation import (check_input_shape, check_normalisation, fidelity_lines, is_classifier_output,
+                                load_eval_data, output_fidelity, outputs_of, parse_floats, preprocess, top1)
 
     if args.fgsm:
         from dfc.adversarial import parse_eps
 
         parse_eps(args.fgsm)  # a bad ε fails before any work
     model = load_model(args.model)
-    images, labels = load_eval_data(args.data)
+    images, labels = load_eval_data(args.data, need_labels=not args.reference)
+    if labels is None and args.fgsm:
+        raise DfcError(f"--fgsm needs labels: {args.data} has none")
     mean, std = parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
     if mean is None and std is None:
         ctx = context_from_model(model)
@@ -261,18 +270,28 @@ def cmd_eval(args) -> int:
     check_normalisation(mean, std, images.shape[-1])
     x = preprocess(images, mean, std)
     check_input_shape(model, x, f"--data {args.data}")
-    logits = logits_of(model, x, progress=None if args.json else "eval")
-    result = {"model": args.model, "data": args.data, "n": int(len(labels)), "top1": top1(logits, labels)}
+    outputs = outputs_of(model, x, progress=None if args.json else "eval")
+    logits = next(iter(outputs.values()))
+    result = {"model": args.model, "data": args.data, "n": int(len(x))}
+    lines = []
+    if labels is not None and is_classifier_output(logits):
+        result["top1"] = top1(logits, labels)
+        lines.append(f"top-1: {100 * result['top1']:.2f} % on {result['n']} images")
     if args.reference:
         ref = load_model(args.reference)
         check_input_shape(ref, x, f"--data {args.data}")
-        ref_logits = logits_of(ref, x)
-        result.update(fidelity(ref_logits, logits))
-        result["reference_top1"] = top1(ref_logits, labels)
-    lines = [f"top-1: {100 * result['top1']:.2f} % on {result['n']} images"]
-    if args.reference:
-        lines.append(f"reference top-1: {100 * result['reference_top1']:.2f} %")
-        lines.append(f"agreement with reference: {100 * result['agreement']:.2f} %  mean KL: {result['mean_kl']:.5f}")
+        ref_outputs = outputs_of(ref, x)
+        missing = [k for k in ref_outputs if k not in outputs]
+        if missing:
+            raise DfcError(f"{args.model} has no output {missing[0]!r} of the reference {args.reference}")
+        result["outputs"] = output_fidelity(ref_outputs, outputs)
+        first = result["outputs"][next(iter(ref_outputs))]
+        result.update({k: first[k] for k in ("agreement", "mean_kl", "max_abs_diff") if k in first})
+        if "top1" in result:
+            result["reference_top1"] = top1(next(iter(ref_outputs.values())), labels)
+            lines.append(f"reference top-1: {100 * result['reference_top1']:.2f} %")
+        lines.append(f"fidelity to {args.reference} on {result['n']} images:")
+        lines += ["  " + line for line in fidelity_lines(result["outputs"])]
     if args.fgsm:
         from dfc.adversarial import fgsm_eval, parse_eps
 

@@ -57,6 +57,8 @@ class Context:
     bn_stats_found: bool = False  # True when the input model had BN nodes or dfc metadata
     input_mean: np.ndarray | None = None  # per-channel, of the pixel in [0, 1]
     input_std: np.ndarray | None = None
+    input_shape: tuple[int, ...] | None = None  # per-sample input dims the work uses where the model leaves them free
+    fixed_batch: int | None = None  # the batch a fixed-batch export baked in, worked on batch-free (dfc.signature)
     results: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)

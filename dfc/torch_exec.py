@@ -4,10 +4,12 @@
 ops and returns the graph outputs plus any `watch`ed intermediate tensors. It is tested against
 ONNX Runtime (the onnx2torch package mis-converts the option-A shortcut of the CIFAR ResNets, so
 nothing is assumed). Ops: Conv (grouped/depthwise), BatchNormalization (inference), Relu, Clip,
-LeakyRelu, Sigmoid, HardSigmoid, HardSwish, Add, Mul, Sub, Div, Gemm, MatMul, Pad, Slice, Concat,
-Reshape, Flatten, Transpose, Squeeze, Unsqueeze, GlobalAveragePool, AveragePool, MaxPool,
-ReduceMean, Softmax, Identity, Dropout, Constant, QuantizeLinear, DequantizeLinear. Any other op is a DfcError naming
-the node.
+LeakyRelu, Sigmoid, HardSigmoid, HardSwish, Tanh, Exp, Sqrt, Neg, Add, Mul, Sub, Div, Pow, Gemm, MatMul, ConvTranspose,
+Pad, Slice, Concat, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Expand, Resize, Upsample, GlobalAveragePool,
+AveragePool, MaxPool, GlobalMaxPool, ReduceMean, ReduceSum, ReduceMax, Softmax, LogSoftmax, Identity, Dropout,
+Constant, QuantizeLinear, DequantizeLinear, and the run-time shape arithmetic of exporters: Shape, Gather, Cast,
+Range, ConstantOfShape, Floor, Ceil, Equal, Where (integer tensors stay integer). Any other op is a DfcError
+naming the node.
 
 QuantizeLinear gives its integer codes as float values (the rounding passes gradients straight through, the
 saturation does not), so a QDQ graph runs with gradients to its input and to whatever `provide`s its weights
@@ -244,14 +246,6 @@ def _pool(m, n, a):
     return pool(x, kernel, strides, pads[:k], ceil_mode=ceil, count_include_pad=bool(int(n.attrs.get("count_include_pad", 0))))
 
 
-def _reduce_mean(m, n, a):
-    axes = _axes(m, n, a, 1) if m.opset >= 18 else (_ints(n.attrs["axes"]) if "axes" in n.attrs else None)
-    keep = bool(int(n.attrs.get("keepdims", 1)))
-    if axes is None:
-        axes = list(range(a[0].dim()))
-    return a[0].mean(dim=[ax % a[0].dim() for ax in axes], keepdim=keep)
-
-
 def _softmax(m, n, a):
     axis = int(n.attrs.get("axis", -1 if m.opset >= 13 else 1))
     if m.opset < 13:  # coerced to 2-D at `axis`
@@ -300,6 +294,96 @@ def _dequantize_linear(m, n, a):
     return x * _per_axis(s, x, axis)
 
 
+def _shape(m, n, a):
+    dims = list(a[0].shape)
+    start, end = int(n.attrs.get("start", 0)), n.attrs.get("end")
+    return torch.tensor(dims[start: None if end is None else int(end)], dtype=torch.int64)
+
+
+def _gather(m, n, a):
+    x, idx = a[0], a[1].long()
+    axis = int(n.attrs.get("axis", 0)) % x.dim()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    if idx.dim() == 0:
+        return x.select(axis, int(idx))
+    return torch.index_select(x, axis, idx.reshape(-1)).reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+
+
+_ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 6: torch.int32, 7: torch.int64, 9: torch.bool,
+                10: torch.float16, 11: torch.float64}
+
+
+def _cast(m, n, a):
+    to = _ONNX_DTYPES.get(int(n.attrs["to"]))
+    if to is None:
+        raise DfcError(f"Cast node {n.name!r}: target type {n.attrs['to']} is not supported by the torch executor")
+    return a[0].to(torch.float32 if to in (torch.float16, torch.float64) else to)  # float math stays float32
+
+
+def _constant_of_shape(m, n, a):
+    v = n.attrs.get("value")
+    arr = np.asarray(v.values if hasattr(v, "values") else (v if v is not None else np.zeros(1, np.float32)))
+    fill = torch.from_numpy(np.array(arr.ravel()[:1], dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype))
+    return fill.expand(*_ints(a[0].cpu().numpy())).clone() if a[0].numel() else fill.reshape(()).clone()
+
+
+def _resize(m, n, a):
+    """Resize/Upsample, nearest or (bi)linear, by scales or sizes (half-pixel or asymmetric coordinates)."""
+    x = a[0]
+    mode = n.attrs.get("mode", "nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if n.op == "Upsample":
+        scales = a[1] if len(a) > 1 else torch.tensor(n.attrs["scales"])
+        sizes = None
+    else:
+        scales = a[2] if len(a) > 2 and a[2] is not None and a[2].numel() else None
+        sizes = a[3] if len(a) > 3 and a[3] is not None and a[3].numel() else None
+    if sizes is not None:
+        size = _ints(sizes.cpu().numpy())[2:]
+    else:
+        size = [int(np.floor(d * float(s))) for d, s in zip(x.shape[2:], scales.cpu().numpy().ravel()[2:])]
+    coord = n.attrs.get("coordinate_transformation_mode", "half_pixel" if n.op == "Resize" and m.opset >= 11 else "asymmetric")
+    coord = coord.decode() if isinstance(coord, bytes) else coord
+    if mode == "nearest":
+        if coord not in ("asymmetric", "half_pixel", "tf_half_pixel_for_nn"):
+            raise DfcError(f"{n.op} node {n.name!r}: nearest with {coord} coordinates is not supported by the torch executor")
+        return F.interpolate(x, size=size, mode="nearest" if coord == "asymmetric" else "nearest-exact")
+    if mode not in ("linear", "bilinear"):
+        raise DfcError(f"{n.op} node {n.name!r}: mode {mode} is not supported by the torch executor")
+    if coord not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+        raise DfcError(f"{n.op} node {n.name!r}: {coord} coordinates are not supported by the torch executor")
+    if coord == "asymmetric":
+        raise DfcError(f"{n.op} node {n.name!r}: linear with asymmetric coordinates is not supported by the torch executor")
+    return F.interpolate(x, size=size, mode="bilinear" if x.dim() == 4 else "linear", align_corners=coord == "align_corners")
+
+
+def _conv_transpose(m, n, a):
+    x, w = a[0], a[1]
+    b = a[2] if len(a) > 2 else None
+    k = w.dim() - 2
+    if n.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or "output_shape" in n.attrs:
+        raise DfcError(f"ConvTranspose node {n.name!r}: auto_pad/output_shape are not supported by the torch executor")
+    pads = _ints(n.attrs.get("pads", [0] * 2 * k))
+    if pads[:k] != pads[k:]:
+        raise DfcError(f"ConvTranspose node {n.name!r}: asymmetric pads are not supported by the torch executor")
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[k]
+    return conv(x, w, b, stride=_ints(n.attrs.get("strides", [1] * k)), padding=pads[:k],
+                output_padding=_ints(n.attrs.get("output_padding", [0] * k)), groups=int(n.attrs.get("group", 1)),
+                dilation=_ints(n.attrs.get("dilations", [1] * k)))
+
+
+def _reduce(fn):
+    def run(m, n, a):
+        axes = _axes(m, n, a, 1) if m.opset >= 18 or (n.op == "ReduceSum" and m.opset >= 13) else (
+            _ints(n.attrs["axes"]) if "axes" in n.attrs else None)
+        keep = bool(int(n.attrs.get("keepdims", 1)))
+        x = a[0]
+        for ax in sorted((ax % x.dim() for ax in (axes if axes is not None else range(x.dim()))), reverse=True):
+            x = fn(x, ax, keep)
+        return x
+    return run
+
+
 def _constant(m, n, a):
     v = n.attrs["value"]
     arr = np.asarray(v.values if hasattr(v, "values") else v)
@@ -333,8 +417,29 @@ _OPS = {
     "GlobalAveragePool": lambda m, n, a: a[0].mean(dim=tuple(range(2, a[0].dim())), keepdim=True),
     "AveragePool": _pool,
     "MaxPool": _pool,
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": _reduce(lambda x, ax, keep: x.mean(dim=ax, keepdim=keep)),
+    "ReduceSum": _reduce(lambda x, ax, keep: x.sum(dim=ax, keepdim=keep)),
+    "ReduceMax": _reduce(lambda x, ax, keep: x.amax(dim=ax, keepdim=keep)),
+    "GlobalMaxPool": lambda m, n, a: a[0].amax(dim=tuple(range(2, a[0].dim())), keepdim=True),
     "Softmax": _softmax,
+    "LogSoftmax": lambda m, n, a: torch.log(_softmax(m, n, a)),
+    "Tanh": lambda m, n, a: torch.tanh(a[0]),
+    "Exp": lambda m, n, a: torch.exp(a[0]),
+    "Sqrt": lambda m, n, a: torch.sqrt(a[0]),
+    "Neg": lambda m, n, a: -a[0],
+    "Pow": lambda m, n, a: torch.pow(a[0], a[1]),
+    "Floor": lambda m, n, a: torch.floor(a[0]),
+    "Ceil": lambda m, n, a: torch.ceil(a[0]),
+    "Equal": lambda m, n, a: a[0] == a[1],
+    "Where": lambda m, n, a: torch.where(a[0].bool(), a[1], a[2]),
+    "Shape": _shape,
+    "Gather": _gather,
+    "Cast": _cast,
+    "Range": lambda m, n, a: torch.arange(a[0].item(), a[1].item(), a[2].item(), dtype=a[0].dtype),
+    "ConstantOfShape": _constant_of_shape,
+    "Resize": _resize,
+    "Upsample": _resize,
+    "ConvTranspose": _conv_transpose,
     "Identity": lambda m, n, a: a[0],
     "Dropout": lambda m, n, a: a[0],
     "Constant": _constant,

@@ -7,7 +7,12 @@ Exact. Steps:
    this, rather than a hand-written evaluator;
 2. every unnamed node gets a unique name (`<Op>_<k>`), so errors and reports can name it;
 3. the exporter idioms of `dfc.rewrite.RULES` rewritten (Identity/Dropout bypassed, ReduceMean -> GlobalAveragePool,
-   zero Pad folded into the Conv that reads it, the dynamic-batch flatten's shape arithmetic -> a constant shape).
+   zero Pad folded into the Conv that reads it, the dynamic-batch flatten's shape arithmetic -> a constant shape,
+   hard-swish/hard-sigmoid in one form, a Conv's bias Add into the Conv);
+4. with a fixed-batch export worked on batch-free (`ctx.fixed_batch`, `dfc.signature`) the Reshapes that baked the
+   batch in read 0 there instead (`dfc.rewrite.batch_free_reshape`);
+5. the input's free dims set to the work's shape (`ctx.input_shape`, from `--input-shape`; `dfc.signature`) after
+   the folding, so that no shape arithmetic is folded with them.
 """
 
 from __future__ import annotations
@@ -31,9 +36,18 @@ class Cleanup(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True)
         ir.tidy(graph)
         named = self._name_nodes(graph)
-        rewrites = rewrite.apply_rules(graph, rewrite.RULES)
+        rules = rewrite.RULES + ([rewrite.batch_free_reshape(ctx.fixed_batch)] if ctx.fixed_batch else [])
+        rewrites = rewrite.apply_rules(graph, rules)
+        if any(rewrites.values()):  # a rewrite can make shapes known that the next rules read (a freed Reshape)
+            graph = ir.infer_shapes(graph)
+            more = rewrite.apply_rules(graph, rules)
+            rewrites = {k: v + more[k] for k, v in rewrites.items()}
         graph.fold_constants(fold_shapes=True, error_ok=True)
         ir.tidy(graph)
+        if ctx.input_shape is not None:
+            t = graph.inputs[0]
+            t.shape = [t.shape[0] if t.shape else "N"] + list(ctx.input_shape)
+            graph = ir.infer_shapes(graph)
         ctx.results["cleanup"] = {
             "nodes_before": before,
             "nodes_after": len(graph.nodes),

@@ -91,11 +91,35 @@ class Quantize(Pass):
             "calibrator": "mse",
             "percentile": 99.99,
             "bias_correction": True,  # move each layer's mean output back to float's (on the calibration samples)
+            "float_layers": "auto",  # Conv/Gemm/MatMul names left in float, or "auto": by measurement (dfc.float_layers)
         }
 
     # ------------------------------------------------------------------ plan
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
+        """Quantize; with `float_layers="auto"` (the default) the layers that stay float are chosen by measuring ORT
+        latency over the candidates of `dfc.float_layers` (only where the graph gives more than one)."""
+        self._ranges_cache: dict = {}
+        self._means_cache: dict = {}
+        chosen = self.options["float_layers"]
+        if chosen == "auto":
+            from dfc import float_layers
+
+            cands = float_layers.candidates(graph, quantizable_layers(graph))
+            if len(cands) < 2:
+                return self._quantize(graph, ctx, cands[0][1] if cands else ())
+            built = {name: self._quantize(graph.copy(), ctx, kept) for name, kept in cands}
+            name, measured = float_layers.choose(graph, built, dict(cands), ctx, self._calibration_batch(graph, ctx))
+            if name is None:  # no candidate with int8 layers beats float: the graph stays float
+                ctx.results["quantize"] = {"left_in_float": [n.name for n in quantizable_layers(graph)],
+                                           "float_layers": measured}
+                return graph
+            out = self._quantize(graph, ctx, dict(cands)[name])
+            ctx.results["quantize"]["float_layers"] = measured
+            return out
+        return self._quantize(graph, ctx, tuple(chosen))
+
+    def _quantize(self, graph: gs.Graph, ctx: Context, kept_float) -> gs.Graph:
         o = self.options
         for key in ("wbits", "abits", "first_last_bits"):
             qm.check_bits(o[key], f"--{key.replace('_', '-')}")
@@ -114,6 +138,9 @@ class Quantize(Pass):
         plan = weight_bit_plan(graph, o["wbits"], o["first_last_bits"], weighted)
         layer_bits = {id(n): plan[n.name] for n in weighted}
         layer_abits = {id(n): (o["first_last_bits"] if _is_edge(n, weighted) else o["abits"]) for n in weighted}
+        kept_float = set(kept_float)
+        skipped += [n.name for n in weighted if n.name in kept_float]
+        weighted = [n for n in weighted if n.name not in kept_float]
 
         fused = self._fusable_activations(graph, weighted)
         act_bits: dict[str, int] = {}
@@ -132,7 +159,10 @@ class Quantize(Pass):
         for n in weighted:
             want(n.inputs[0], layer_abits[id(n)])
             want(out_of(n), o["abits"])
+        quantized_ids = {id(n) for n in weighted}
         for n in graph.nodes:
+            if n.op in ("Add",) + POOLS and kept_float and not self._next_to_quantized(n, quantized_ids):
+                continue
             if n.op == "Add" and all(isinstance(t, gs.Variable) for t in n.inputs):
                 for t in n.inputs:
                     want(t, o["abits"])
@@ -169,7 +199,7 @@ class Quantize(Pass):
         calibrated = [t for t in act_bits if t not in shared]
         x = self._calibration_batch(graph, ctx)
         model = gs.export_onnx(graph)
-        ranges = calibration.collect_ranges(model, calibrated, x, o["calibrator"], o["percentile"], bits=act_bits)
+        ranges = self._collect_ranges(model, calibrated, x, act_bits)
         params: dict[str, qm.ActQParams] = {}
         upper = {r.outputs[0].name: hi for r, hi in fused.values()}
         for t in calibrated:
@@ -185,7 +215,7 @@ class Quantize(Pass):
             for n in weighted:
                 self._ensure_bias(n)
             x_names = {input_of[id(n)] for n in weighted if input_of[id(n)] in params}
-            means = calibration.channel_means(model, {t: params[t] for t in x_names}, x, progress="bias correction")
+            means = self._channel_means(model, {t: params[t] for t in x_names}, x)
         for r, _ in fused.values():
             ir.bypass_node(graph, r)
         tensors = graph.tensors()
@@ -228,6 +258,25 @@ class Quantize(Pass):
         }
         return graph
 
+    def _collect_ranges(self, model, names: list[str], x: np.ndarray, bits: dict[str, int]) -> dict:
+        """`calibration.collect_ranges` for the names not yet calibrated in this run (each tensor's range depends on
+        its own values and bits alone, so the candidates of the float-layer search share them)."""
+        o, cache = self.options, getattr(self, "_ranges_cache", {})
+        todo = [t for t in names if (t, bits[t]) not in cache]
+        if todo:
+            got = calibration.collect_ranges(model, todo, x, o["calibrator"], o["percentile"], bits=bits)
+            cache.update({(t, bits[t]): got[t] for t in todo})
+        return {t: cache[(t, bits[t])] for t in names}
+
+    def _channel_means(self, model, params: dict, x: np.ndarray) -> dict:
+        """`calibration.channel_means`, cached per (tensor, parameters) within this run."""
+        cache = getattr(self, "_means_cache", {})
+        todo = {t: p for t, p in params.items() if (t, p) not in cache}
+        if todo:
+            got = calibration.channel_means(model, todo, x, progress="bias correction")
+            cache.update({(t, todo[t]): got[t] for t in todo})
+        return {t: cache[(t, p)] for t, p in params.items()}
+
     def _calib_name(self, ctx: Context) -> str:
         return "user data" if self.options["calib_data"] is not None else self._calib(ctx)
 
@@ -266,6 +315,26 @@ class Quantize(Pass):
                 return None
             return 0 if int(n.attrs.get("transB", 0)) else 1
         return 1 if w.ndim == 2 else None  # MatMul [in, out]
+
+    @staticmethod
+    def _next_to_quantized(n: gs.Node, quantized: set[int]) -> bool:
+        """Whether an Add or pooling node reads from or feeds a quantized layer (through value-preserving ops): one
+        between float layers would only add QuantizeLinear/DequantizeLinear transitions."""
+        keeps = lambda m: m is not None and (m.op in SHARED_PARAM_OPS + ("Relu", "Clip") or ir.is_zero_pad(m))  # noqa: E731
+        for t in n.inputs:
+            p = ir.producer(t)
+            while keeps(p):
+                p = ir.producer(p.inputs[0])
+            if p is not None and id(p) in quantized:
+                return True
+        frontier = list(n.outputs)
+        while frontier:
+            for c in ir.consumers(frontier.pop()):
+                if id(c) in quantized:
+                    return True
+                if keeps(c):
+                    frontier.extend(c.outputs)
+        return False
 
     @staticmethod
     def _fusable_activations(graph: gs.Graph, weighted: list[gs.Node]) -> dict[str, tuple[gs.Node, float]]:
