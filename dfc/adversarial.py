@@ -38,10 +38,7 @@ def input_gradients(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray, b
     from dfc.pipeline import Context, PassManager
     from dfc.torch_exec import TorchGraph
 
-    try:
-        graph = TorchGraph(model)
-    except DfcError:  # exporter shape arithmetic (ConstantOfShape, Shape, ...): `cleanup` folds it, exactly
-        graph = TorchGraph(PassManager(["cleanup"]).run(model, Context()))
+    graph = TorchGraph(PassManager(["cleanup"]).run(model, Context()))  # exact; folds exporter shape arithmetic
     out = np.empty_like(x, dtype=np.float32)
     for i in progress_bar(range(0, len(x), batch), desc="fgsm gradients", total=-(-len(x) // batch)):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], np.float32)).requires_grad_(True)

@@ -255,19 +255,14 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     """Run the pipeline; returns (optimized model, report dict). The input is never modified."""
     from dfc.stats import model_summary
 
-    from dfc.signature import Signature
-
     o = resolve_options(options)
     original = as_model(model_or_path)
     ctx = _context(original, o)
     ctx.original_bytes = original.ByteSize()
-    signature = Signature.of(original)
-    ctx.input_shape = signature.work_shape(o["input_shape"], o["calib_data"]) if signature.reshaped else None
-    ctx.fixed_batch = signature.fixed_batch
     if o["calib_data"] is not None:  # the probe of the pruning checks too, as synthesized samples would be
         ctx.calibration, ctx.calibration_source = np.asarray(o["calib_data"], np.float32), "user data"
     _check_save_calib(o, ctx)
-    work = signature.work_model(_prepared(original, o, ctx))
+    signature, work = _work_model(original, o, ctx)
     optimized = signature.restore(PassManager(build_passes(o, ctx), debug=o["debug"]).run(work, ctx))
     check_model(optimized, what="the optimized model")
     if signature.free_dims:
@@ -278,8 +273,8 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
         "options": {k: v for k, v in o.items() if k != "calib_data"},
         "passes": ctx.results,
         "notes": list(ctx.notes),
-        "before": model_summary(original),
-        "after": model_summary(optimized),
+        "before": model_summary(original, ctx.input_shape),
+        "after": model_summary(optimized, ctx.input_shape),
     }
     if o["measure"]:
         report.update(measure(original, optimized, ctx, o))
@@ -338,6 +333,17 @@ def _prepared(original: onnx.ModelProto, o: dict, ctx: Context) -> onnx.ModelPro
     return lifted
 
 
+def _work_model(original: onnx.ModelProto, o: dict, ctx: Context):
+    """(the original's `Signature`, the model the passes work on: checked, lifted for QDQ, batch-free, its free
+    dims to be set by `cleanup` from `ctx.input_shape`)."""
+    from dfc.signature import Signature
+
+    signature = Signature.of(original)
+    ctx.input_shape = signature.work_shape(o["input_shape"], o["calib_data"]) if signature.reshaped else None
+    ctx.fixed_batch = signature.fixed_batch
+    return signature, signature.work_model(_prepared(original, o, ctx))
+
+
 def calibration_set(model_or_path, **options) -> tuple[np.ndarray, dict]:
     """The data-free calibration samples that `optimize` with these options calibrates on, without pruning or
     quantizing: Gaussian noise (salt 1, as `quantize` draws it) or the `synthesize` pass on the BN-folded graph
@@ -348,13 +354,13 @@ def calibration_set(model_or_path, **options) -> tuple[np.ndarray, dict]:
     o = resolve_options(options)
     original = as_model(model_or_path)
     ctx = _context(original, o)
-    original = _prepared(original, {**o, "no_quant": False}, ctx)
+    _, original = _work_model(original, {**o, "no_quant": False}, ctx)
     method = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
     t0 = time.perf_counter()
     if method == "gaussian":
         from dfc import ir
 
-        _, shape = calibration.input_spec(ir.import_graph(original))
+        shape = ctx.input_shape or calibration.input_spec(ir.import_graph(original))[1]
         x, info = calibration.gaussian_samples(shape, int(o["calib_samples"] or GAUSSIAN_SAMPLES), ctx.rng(salt=1),
                                                ctx.sample_range()), {}
     else:

@@ -158,3 +158,16 @@ class Signature:
         except Exception as e:  # noqa: BLE001
             ctx.note(f"the written model runs at input shape {list(ctx.input_shape)} but not at {shape[1:]}, where the "
                      f"original does ({str(e).splitlines()[0][:160]})")
+
+
+def at_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None) -> onnx.ModelProto:
+    """A copy whose first input has per-sample dims `shape` (the batch dim kept, intermediate shapes dropped), for
+    counting MACs of a model with symbolic dims; the model itself when `shape` is None."""
+    if shape is None:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    i = _graph_inputs(out)[0]
+    _set_dims(i, (_dims(i) or [None])[:1] + list(shape))
+    del out.graph.value_info[:]
+    return out

@@ -96,9 +96,12 @@ def layer_stats(model: onnx.ModelProto) -> list[LayerStats]:
     return rows
 
 
-def model_summary(model: onnx.ModelProto) -> dict:
-    """Totals: weight params (Conv/Gemm/MatMul), all initializer params, MACs, bytes, node count."""
-    rows = layer_stats(model)
+def model_summary(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> dict:
+    """Totals: weight params (Conv/Gemm/MatMul), all initializer params, MACs, bytes, node count; MACs at the
+    per-sample `input_shape` where the model's input dims are symbolic."""
+    from dfc.signature import at_shape
+
+    rows = layer_stats(at_shape(model, input_shape))
     graph = ir.import_graph(model)
     return {
         "weight_params": sum(r.params for r in rows),

@@ -180,14 +180,23 @@ def _slice(m, n, a):
     axes = _ints(a[3].cpu().numpy()) if len(a) > 3 and a[3] is not None else list(range(len(starts)))
     steps = _ints(a[4].cpu().numpy()) if len(a) > 4 and a[4] is not None else [1] * len(starts)
     idx = [slice(None)] * x.dim()
+    reversed_axes = []
     for s, e, ax, st in zip(starts, ends, axes, steps):
-        if st <= 0:
-            raise DfcError(f"Slice node {n.name!r}: non-positive steps are not supported by the torch executor")
-        size = x.shape[ax]
-        s = max(0, min(s + size if s < 0 else s, size))
-        e = max(0, min(e + size if e < 0 else e, size))
-        idx[ax % x.dim()] = slice(s, e, st)
-    return x[tuple(idx)]
+        ax, size = ax % x.dim(), x.shape[ax % x.dim()]
+        if st == 0:
+            raise DfcError(f"Slice node {n.name!r}: step 0")
+        if st > 0:
+            s = max(0, min(s + size if s < 0 else s, size))
+            e = max(0, min(e + size if e < 0 else e, size))
+            idx[ax] = slice(s, e, st)
+        else:  # ONNX bounds for negative steps: start in [0, size-1], end in [-1, size-1]
+            s = max(-1, min(s + size if s < 0 else s, size - 1))
+            e = max(-1, min(e + size if e < 0 else e, size - 1))
+            reversed_axes.append((ax, torch.arange(s, e, st, device=x.device)))
+    x = x[tuple(idx)]
+    for ax, positions in reversed_axes:
+        x = torch.index_select(x, ax, positions)
+    return x
 
 
 def _reshape(m, n, a):

@@ -8,7 +8,11 @@ from pathlib import Path
 from dfc.report import markdown_table, write_json_atomic
 
 COLUMNS = ["config", "precision", "calibration", "pruning", "compensation", "top-1 %", "Δ top-1", "agreement %",
-           "weight params", "weights KiB", "file KiB", "MMACs", "latency ×", "time s"]
+           "max rel. L2", "weight params", "weights KiB", "file KiB", "MMACs", "latency ×", "time s"]
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def _pruning(row: dict) -> str:
@@ -24,10 +28,11 @@ def _cells(row: dict, fp32_top1: float | None) -> list[str]:
     head = [f"`{row['config']}`", row["precision"], calib, _pruning(row), row.get("compensate") or "-"]
     if row.get("error"):
         return head + [f"failed: {row['error']}"] + [""] * (len(COLUMNS) - len(head) - 1)
-    drop = "" if fp32_top1 is None else f"{100 * (row['top1'] - fp32_top1):+.2f}"
+    drop = "" if fp32_top1 is None or row.get("top1") is None else f"{100 * (row['top1'] - fp32_top1):+.2f}"
     seconds = row.get("seconds", 0.0) + row.get("calib_seconds", 0.0)
+    l2 = "-" if row.get("max_rel_l2") is None else f"{row['max_rel_l2']:.4f}"
     return head + [
-        f"{100 * row['top1']:.2f}", drop, f"{100 * row['agreement']:.2f}", f"{row['weight_params']:,}",
+        _pct(row.get("top1")), drop, _pct(row.get("agreement")), l2, f"{row['weight_params']:,}",
         f"{row['weight_bytes'] / 1024:.0f}", f"{row['size_bytes'] / 1024:.0f}", f"{row['macs'] / 1e6:.1f}",
         f"{row['latency_ratio']:.2f}", f"{seconds:.0f}",
     ]
@@ -73,7 +78,8 @@ def markdown(results: dict) -> str:
         f"Python {m['python']}  ",
         f"Started {results['started']}; {results.get('elapsed_seconds', 0) / 60:.1f} min"
         + ("" if results.get("finished") else " so far (unfinished)") + "", "",
-        "top-1: exact CIFAR-10 test subset; agreement: top-1 agreement with the fp32 model on the JPEG set; "
+        "top-1: exact CIFAR-10 test subset; agreement: top-1 agreement with the fp32 model on the JPEG set; max rel. L2: "
+        "for the unlabelled exported models, the largest relative L2 error to the fp32 model over their outputs; "
         "weights KiB: weight params × their bit width (nominal, what a packed format would store); file KiB: the ONNX "
         "file (sub-8-bit codes are stored in int8); latency ×: ORT time of one batch of "
         f"{s['latency_batch']} relative to the fp32 model, {s['threads']} threads, median of {s['latency_rounds']} "
@@ -116,9 +122,11 @@ def write_plots(results: dict, out: Path) -> list[Path]:
 
     from dfc.modelio import atomic_target
 
-    rows = [r for r in results["rows"] if not r.get("error")]
-    models = list(results["models"])
+    rows = [r for r in results["rows"] if not r.get("error") and r.get("top1") is not None]
+    models = [m for m in results["models"] if any(r["model"] == m for r in rows)]  # labelled models only
     written = []
+    if not models:
+        return written
     for fname, key, xlabel, logx in (("top1_vs_weight_size.png", "weight_bytes", "weights (KiB, nominal bit width)", True),
                                      ("top1_vs_latency.png", "latency_ratio", "ORT latency vs fp32 (×, batch "
                                       f"{results['settings']['latency_batch']})", False)):

@@ -35,14 +35,21 @@ from dfc.errors import DfcError
 CIFAR_MEAN, CIFAR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EXACT_SET, JPEG_SET = "data/cifar10_test_exact_1017.npz", "data/cifar10_test_jpeg_5000.npz"
 IMAGENET_SET = "data/imagenet_sample_500_224.npz"
-# name -> (model, labelled set for top-1, set for agreement, input mean, input std, real calibration images for ORT)
+# name -> (model, labelled set for top-1 (None: fidelity only), set for fidelity, input mean, input std, real
+# calibration images for ORT, the input shape to work at where the model's dims are symbolic)
 SHARED_MODELS = {
-    "resnet20": ("models/resnet20_cifar10.onnx", EXACT_SET, JPEG_SET, CIFAR_MEAN, CIFAR_STD, 256),
-    "resnet56": ("models/resnet56_cifar10.onnx", EXACT_SET, JPEG_SET, CIFAR_MEAN, CIFAR_STD, 256),
+    "resnet20": ("models/resnet20_cifar10.onnx", EXACT_SET, JPEG_SET, CIFAR_MEAN, CIFAR_STD, 256, None),
+    "resnet56": ("models/resnet56_cifar10.onnx", EXACT_SET, JPEG_SET, CIFAR_MEAN, CIFAR_STD, 256, None),
     # the 500 ImageNet images are both sets; ORT's real calibration takes 128 of them (no other real images are at
     # hand, so that baseline is slightly favoured: it has seen a quarter of the images it is scored on)
     "efficientnet_lite0": ("models/efficientnet_lite0_imagenet.onnx", IMAGENET_SET, IMAGENET_SET, (0.498,) * 3,
-                           (0.502,) * 3, 128),
+                           (0.502,) * 3, 128, None),
+    # exported by other toolchains, no labels for their classes: fidelity per output only (the same favouring of
+    # ORT's real calibration as above)
+    "ppocr_cls": ("models/ppocr_mobile_cls.onnx", None, "data/imagenet_sample_500_48x192.npz", (0.5,) * 3, (0.5,) * 3,
+                  128, (1, 3, 48, 192)),
+    "ultraface": ("models/ultraface_slim320.onnx", None, "data/imagenet_sample_200_240x320.npz", (0.498,) * 3,
+                  (0.502,) * 3, 64, None),
 }
 DEFAULT_MODELS = ("resnet20", "resnet56")
 
@@ -53,11 +60,12 @@ class ModelSpec:
 
     name: str
     path: str
-    accuracy_data: str
+    accuracy_data: str | None  # None: no labels (fidelity only)
     fidelity_data: str
     mean: tuple
     std: tuple
     real_calib_samples: int = 256
+    input_shape: tuple | None = None  # where the model's input dims are symbolic
 
 
 @dataclass
@@ -78,12 +86,12 @@ def shared_specs(shared: Path, names: list[str]) -> list[ModelSpec]:
     for name in names:
         if name not in SHARED_MODELS:
             raise DfcError(f"--models: unknown model {name!r}; choose from {', '.join(SHARED_MODELS)}")
-        model, acc, fid, mean, std, real = SHARED_MODELS[name]
-        paths = [shared / model, shared / acc, shared / fid]
-        missing = [str(p) for p in paths if not p.exists()]
+        model, acc, fid, mean, std, real, shape = SHARED_MODELS[name]
+        paths = [shared / model, shared / acc if acc else None, shared / fid]
+        missing = [str(p) for p in paths if p is not None and not p.exists()]
         if missing:
             raise DfcError(f"--shared {shared}: missing {', '.join(missing)} (see ../shared/README.md)")
-        specs.append(ModelSpec(name, *map(str, paths), mean, std, real))
+        specs.append(ModelSpec(name, *(str(p) if p else None for p in paths), mean, std, real, shape))
     return specs
 
 
@@ -97,14 +105,18 @@ class ModelBench:
         self.spec, self.s = spec, settings
         self.mean, self.std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
         self.original = load_model(spec.path)
-        images, self.labels = load_eval_data(spec.accuracy_data)
-        self.x_acc = preprocess(images, self.mean, self.std)
-        fid_images = load_eval_data(spec.fidelity_data)[0]
+        fid_images = load_eval_data(spec.fidelity_data, need_labels=False)[0]
         self.fid_images = fid_images
         self.x_fid = preprocess(fid_images[: settings.fidelity_samples], self.mean, self.std)
+        if spec.accuracy_data:
+            images, self.labels = load_eval_data(spec.accuracy_data)
+            self.x_acc = preprocess(images, self.mean, self.std)
+        else:  # fidelity only; the fidelity images are the latency batch too
+            self.labels, self.x_acc = None, self.x_fid
         # one set for both (EfficientNet-Lite0's 500 ImageNet images): run it once
-        self.one_set = spec.accuracy_data == spec.fidelity_data and settings.fidelity_samples is None
+        self.one_set = (spec.accuracy_data or spec.fidelity_data) == spec.fidelity_data and settings.fidelity_samples is None
         self.ref_acc, self.ref_fid = self.logits(self.original)
+        self.ref_outputs = self.outputs(self.original) if self.labels is None else None
         self._calib: dict[str, tuple[np.ndarray, dict]] = {}
 
     def logits(self, model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +125,12 @@ class ModelBench:
             acc = _logits(model, self.x_acc)[0]
             return acc, acc
         return tuple(_logits(model, self.x_acc, self.x_fid))
+
+    def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        """Every output of the model on the fidelity set (the per-output fidelity of unlabelled models)."""
+        from dfc.validation import outputs_of
+
+        return outputs_of(model, self.x_fid)
 
     def calibration(self, method: str) -> tuple[np.ndarray, dict]:
         """Data-free sets from `dfc.api.calibration_set` (as `optimize` makes them); `real`: the first images of the
@@ -132,7 +150,8 @@ class ModelBench:
                 extra = {"inverter_steps": self.s.inverter_steps} if self.s.inverter_steps else {}
                 try:
                     self._calib[method] = calibration_set(self.original, calib=method, calib_samples=self.s.calib_samples,
-                                                          seed=self.s.seed, input_mean=self.mean, input_std=self.std, **extra)
+                                                          seed=self.s.seed, input_mean=self.mean, input_std=self.std,
+                                                          input_shape=self.spec.input_shape, **extra)
                 finally:
                     progress.set_enabled(False)
                 print(f"  {self.spec.name}: calibration set {method}: {self._calib[method][1]['seconds']:.1f} s", flush=True)
@@ -147,36 +166,49 @@ class ModelBench:
 
             x, info = self.calibration(cfg.calib)
             t0 = time.perf_counter()
-            model = ort_quantize_static(self.original, x, cfg.activations)
+            try:
+                model = ort_quantize_static(self.original, x, cfg.activations)
+                from dfc.modelio import check_model
+
+                check_model(model, what="ORT's quantized model")
+            except Exception as e:  # noqa: BLE001  (the peer failing on a model is a result, e.g. UltraFace)
+                raise DfcError(f"ORT quantize_static: {str(e).splitlines()[0][:200]}") from e
             return model, time.perf_counter() - t0, info["seconds"], []
         from dfc.api import optimize_with_report
 
         x, info = self.calibration(cfg.calib) if cfg.wbits is not None else (None, {"seconds": 0.0})
         t0 = time.perf_counter()
         model, report = optimize_with_report(self.original, calib_data=x, seed=self.s.seed, input_mean=self.mean,
-                                             input_std=self.std, measure=False, **cfg.dfc_options())
+                                             input_std=self.std, input_shape=self.spec.input_shape, measure=False,
+                                             **cfg.dfc_options())
         return model, time.perf_counter() - t0, info["seconds"], list(report["notes"])
 
     def measure(self, cfg: Config, model: onnx.ModelProto) -> dict:
         from dfc.latency import median_latencies
         from dfc.stats import layer_stats, model_summary
-        from dfc.validation import fidelity, top1
+        from dfc.validation import fidelity, output_fidelity, top1
 
         summary = model_summary(model)
         acc, fid_logits = (self.ref_acc, self.ref_fid) if cfg.kind == "reference" else self.logits(model)
         row = {
-            "top1": top1(acc, self.labels),
-            "accuracy_samples": int(len(self.labels)),
+            "top1": top1(acc, self.labels) if self.labels is not None else None,
+            "accuracy_samples": int(len(self.labels)) if self.labels is not None else 0,
             "weight_params": summary["weight_params"],
             "weight_bytes": int(sum(r.params * (r.wbits or 32) for r in layer_stats(model)) // 8),
             "size_bytes": summary["size_bytes"],
             "macs": summary["macs"],
         }
         if cfg.kind == "reference":
-            row.update(agreement=1.0, mean_kl=0.0, latency_ratio=1.0)
+            row.update(agreement=1.0, mean_kl=0.0, latency_ratio=1.0, max_rel_l2=0.0 if self.labels is None else None)
             return row
-        fid = fidelity(self.ref_fid, fid_logits)
-        row.update(agreement=fid["agreement"], mean_kl=fid["mean_kl"], fidelity_samples=int(len(self.x_fid)))
+        if self.ref_outputs is not None:  # per output: relative L2 error, SQNR; agreement of a [N, classes] output
+            per = output_fidelity(self.ref_outputs, self.outputs(model))
+            first = next(iter(per.values()))
+            row.update(outputs=per, agreement=first.get("agreement"), mean_kl=first.get("mean_kl"),
+                       max_rel_l2=max(r["rel_l2"] for r in per.values()), fidelity_samples=int(len(self.x_fid)))
+        else:
+            fid = fidelity(self.ref_fid, fid_logits)
+            row.update(agreement=fid["agreement"], mean_kl=fid["mean_kl"], fidelity_samples=int(len(self.x_fid)))
         med, batch = median_latencies({"fp32": self.original, "row": model}, self.x_acc[: self.s.latency_batch],
                                       threads=self.s.threads, rounds=self.s.latency_rounds)
         row.update(latency_ratio=med["row"] / med["fp32"], latency_ms=1e3 * med["row"], fp32_latency_ms=1e3 * med["fp32"],
@@ -190,7 +222,13 @@ class ModelBench:
                 "compensate": cfg.compensate if cfg.kind == "dfc" else None, "activations": cfg.activations}
         try:
             model, seconds, calib_seconds, notes = self.compress(cfg)
-            return {**base, **self.measure(cfg, model), "seconds": seconds, "calib_seconds": calib_seconds, "notes": notes}
+            try:
+                measured = self.measure(cfg, model)
+            except Exception as e:  # noqa: BLE001  (an invalid model written by the ORT peer: its result)
+                if cfg.kind != "ort":
+                    raise
+                raise DfcError(f"ORT's quantized model does not run: {str(e).splitlines()[0][:200]}") from e
+            return {**base, **measured, "seconds": seconds, "calib_seconds": calib_seconds, "notes": notes}
         except DfcError as e:  # a configuration the tool refuses is a result, not a crash of the benchmark
             return {**base, "top1": None, "error": str(e)}
 
@@ -251,8 +289,10 @@ def run(specs: list[ModelSpec], configs: list[Config], settings: Settings, comma
 def _row_line(row: dict) -> str:
     if row.get("error"):
         return f"{row['model']} {row['config']}: failed: {row['error']}"
-    return (f"{row['model']} {row['config']}: top-1 {100 * row['top1']:.2f}  agreement {100 * row['agreement']:.2f}  "
-            f"latency {row['latency_ratio']:.2f}x  weights {row['weight_bytes'] / 1024:.0f} KiB")
+    acc = f"top-1 {100 * row['top1']:.2f}  " if row.get("top1") is not None else ""
+    agree = f"agreement {100 * row['agreement']:.2f}  " if row.get("agreement") is not None else ""
+    l2 = f"max rel. L2 {row['max_rel_l2']:.4f}  " if row.get("max_rel_l2") is not None else ""
+    return f"{row['model']} {row['config']}: {acc}{agree}{l2}latency {row['latency_ratio']:.2f}x  weights {row['weight_bytes'] / 1024:.0f} KiB"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--out", help="directory for results.json, results.md and the PNG plots (required for a run)")
     ap.add_argument("--quick", action="store_true", help="ResNet-20 and a representative subset (under 10 minutes on 2 cores)")
-    ap.add_argument("--models", help="comma-separated: resnet20, resnet56, efficientnet_lite0 (default: the two ResNets; "
+    ap.add_argument("--models", help="comma-separated: resnet20, resnet56, efficientnet_lite0, ppocr_cls, ultraface "
+                                     "(default: the two ResNets; "
                                      "--quick: resnet20)")
     ap.add_argument("--configs", help="comma-separated names or shell patterns, e.g. 'w4a4-*,ort-*' (default: the whole matrix; "
                                       "--quick: its subset); `--list` shows them")
