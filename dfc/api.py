@@ -433,7 +433,7 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
     """Fidelity on a Gaussian probe batch and the ORT latency ratio, both against the original."""
     from dfc import ir
     from dfc.latency import median_latencies
-    from dfc.validation import fidelity, logits_of
+    from dfc.validation import output_fidelity, outputs_of
 
     try:
         shape = ctx.input_shape or calibration.input_spec(ir.import_graph(original))[1]
@@ -442,8 +442,10 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
         return {"notes": list(ctx.notes)}
     n = int(o["probe_samples"])
     x = calibration.gaussian_samples(shape, n, ctx.rng(salt=2), ctx.sample_range())
-    fid = fidelity(logits_of(original, x), logits_of(optimized, x))
-    out: dict = {"fidelity": {"probe": "gaussian", "samples": n, **fid}}
+    per = output_fidelity(outputs_of(original, x), outputs_of(optimized, x))
+    first = next(iter(per.values()))
+    fid = {k: first[k] for k in ("agreement", "mean_kl", "max_abs_diff") if k in first}
+    out: dict = {"fidelity": {"probe": "gaussian", "samples": n, **fid, "outputs": per}}
     if o["latency_rounds"] > 0:
         med, batch = median_latencies({"original": original, "optimized": optimized}, x, threads=o["threads"],
                                rounds=o["latency_rounds"], progress="latency")

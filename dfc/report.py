@@ -54,10 +54,15 @@ def summary_table(report: dict) -> str:
         out.append(f"latency: batch {lat['batch']}, {lat['threads']} intra-op threads, median of {lat['rounds']} alternating runs")
     fid = report.get("fidelity")
     if fid:
-        out.append(
-            f"fidelity on a synthetic probe ({fid['samples']} {fid['probe']} samples, no real data): "
-            f"top-1 agreement {100 * fid['agreement']:.1f} %, mean KL {fid['mean_kl']:.4f}, max |dlogit| {fid['max_abs_diff']:.4f}"
-        )
+        head = f"fidelity on a synthetic probe ({fid['samples']} {fid['probe']} samples, no real data)"
+        per = fid.get("outputs", {})
+        if len(per) <= 1 and "agreement" in fid:
+            out.append(f"{head}: top-1 agreement {100 * fid['agreement']:.1f} %, mean KL {fid['mean_kl']:.4f}, "
+                       f"max |dlogit| {fid['max_abs_diff']:.4f}")
+        else:
+            from dfc.validation import fidelity_lines
+
+            out += [f"{head}:"] + ["  " + line for line in fidelity_lines(per)]
     out += _target_lines(report)
     out += _compensation_lines(report.get("passes", {}))
     out += _inverter_lines(report.get("passes", {}))

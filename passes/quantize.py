@@ -97,11 +97,15 @@ class Quantize(Pass):
     # ------------------------------------------------------------------ plan
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
-        """Quantize; with `float_layers="auto"` (the default) the layers that stay float are chosen by measuring ORT
-        latency over the candidates of `dfc.float_layers` (only where the graph gives more than one)."""
+        """Quantize; with `float_layers="auto"` (the default) and 8-bit widths (what ORT accelerates) the layers that
+        stay float are chosen by measuring ORT latency over the candidates of `dfc.float_layers` (only where the graph
+        gives more than one)."""
         self._ranges_cache: dict = {}
         self._means_cache: dict = {}
         chosen = self.options["float_layers"]
+        accelerated = all(self.options[k] == 8 for k in ("wbits", "abits", "first_last_bits"))
+        if chosen == "auto" and not accelerated:  # below 8 bits a simulation of accuracy: latency does not decide
+            chosen = ()
         if chosen == "auto":
             from dfc import float_layers
 

@@ -187,9 +187,11 @@ CASES: list[Case] = [
     Case("maxpool-on-path", "inputs", "MaxPool (asymmetric pads) between pruned layers",
          _opt(lambda: with_node_after_relu1(helper.make_node("MaxPool", ["r1"], ["mid"], kernel_shape=[2, 2], pads=[0, 0, 1, 1])),
               "maxpool.onnx", "--prune", "0.5"), 0, ""),
-    Case("resize-on-path", "inputs", "Resize on a pruning path (unknown to the BNS executor)",
+    Case("resize-on-path", "inputs", "Resize on a pruning path",
          _opt(lambda: with_node_after_relu1(helper.make_node("Resize", ["r1", "", "scales"], ["mid"], mode="nearest"),
-                                            {"scales": np.ones(4, np.float32)}), "resize.onnx", "--prune", "0.5"),
+                                            {"scales": np.ones(4, np.float32)}), "resize.onnx", "--prune", "0.5"), 0, ""),
+    Case("erf-on-path", "inputs", "Erf on a pruning path (unknown to the BNS executor)",
+         _opt(lambda: with_node_after_relu1(helper.make_node("Erf", ["r1"], ["mid"])), "erf.onnx", "--prune", "0.5"),
          0, "the BNS inverter cannot run this model"),
     Case("contrib-op-on-path", "inputs", "com.microsoft Gelu on a pruning path (ONNX shape inference stops there, so "
          "every channel is blocked: nothing pruned, said in the notes)",

@@ -200,12 +200,14 @@ def test_shortcut_pad_runs_on_the_quantized_tensor_bit_exactly(monkeypatch):
 
 @pytest.mark.parametrize("case", ["per-channel", "scalar", "graph-output"])
 def test_only_a_per_channel_constant_add_read_quantized_becomes_a_qlinear_add(case):
-    """conv -> Add(constant) -> Relu -> conv: a per-channel constant is quantized with its activation (QLinearAdd,
+    """conv -> Relu -> Add(constant) -> Relu -> conv: a per-channel constant is quantized with its activation (QLinearAdd,
     codes expanded to the activation's shape); a scalar (the x + 3 of a hard-swish), or an Add whose result leaves the
     graph in float, keeps its float constant."""
     r = np.random.default_rng(0)
     c = {"scalar": np.array(0.5), "per-channel": r.normal(0, 1, (1, 4, 1, 1)), "graph-output": r.normal(0, 1, (1, 4, 1, 1))}[case]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["y", "c"], ["s"])]
+    # the Relu keeps the Add off the Conv (cleanup folds a Conv's own constant Add into its bias)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["y0"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["y0"], ["y"]),
+             helper.make_node("Add", ["y", "c"], ["s"])]
     if case == "graph-output":
         outputs = [("s", ["N", 4, 6, 6])]
     else:
