@@ -45,6 +45,8 @@ def calibration_reader(model_or_path, batch: int = 64, **options) -> SampleReade
 
     if not isinstance(batch, (int, np.integer)) or batch < 1:
         raise DfcError(f"batch must be an integer >= 1, got {batch!r}")
+    from dfc.signature import Signature
+
     model = as_model(model_or_path)
     x, info = calibration_set(model, **options)
-    return SampleReader(model.graph.input[0].name, x, batch, info)
+    return SampleReader(model.graph.input[0].name, x, Signature.of(model).fixed_batch or batch, info)  # a fixed batch wins

@@ -213,17 +213,24 @@ def _batch_dim_in_reshape(graph: gs.Graph, node: gs.Node) -> bool:
     return True
 
 
+def _op_plus_constant(node: gs.Node, op: str) -> tuple[gs.Node, np.ndarray] | None:
+    """(the `op` node, the constant) when the binary `node` adds a constant to the output of an `op` node."""
+    if len(node.inputs) != 2:
+        return None
+    for i in (0, 1):
+        p, c = ir.producer(node.inputs[i]), ir.const_value(node.inputs[1 - i])
+        if p is not None and p.op == op and c is not None:
+            return p, c
+    return None
+
+
 def _conv_bias_add(graph: gs.Graph, node: gs.Node) -> bool:
     """Add(Conv(x, W[, b]), c) with c one value per output channel (any broadcastable form: [C], [1, C, 1, 1],
     [C, 1, 1]) and the Conv read only by this Add → Conv(x, W, b + c) (Paddle exports the conv bias this way)."""
-    if len(node.inputs) != 2:
+    pair = _op_plus_constant(node, "Conv")
+    if pair is None:
         return False
-    for i in (0, 1):
-        conv, c = ir.producer(node.inputs[i]), ir.const_value(node.inputs[1 - i])
-        if conv is not None and conv.op == "Conv" and c is not None:
-            break
-    else:
-        return False
+    conv, c = pair
     w = ir.const_value(ir.input_at(conv, 1))
     if w is None or c.dtype != w.dtype or ir.single_consumer(conv.outputs[0], graph) is not node:
         return False
@@ -355,14 +362,10 @@ def _softmax_flatten(graph: gs.Graph, node: gs.Node) -> bool:
 def _matmul_bias_add(graph: gs.Graph, node: gs.Node) -> bool:
     """Add(MatMul(x, W), b) with x and W 2-D, W and b constant, b one value per output → Gemm(x, W, b) (Paddle's
     and TF's dense layer), which ONNX Runtime quantizes as one QGemm."""
-    if len(node.inputs) != 2:
+    pair = _op_plus_constant(node, "MatMul")
+    if pair is None:
         return False
-    for i in (0, 1):
-        mm, b = ir.producer(node.inputs[i]), ir.const_value(node.inputs[1 - i])
-        if mm is not None and mm.op == "MatMul" and b is not None:
-            break
-    else:
-        return False
+    mm, b = pair
     w = ir.const_value(mm.inputs[1])
     if w is None or w.ndim != 2 or ir.rank_of(mm.inputs[0]) != 2 or b.dtype != w.dtype or b.size != w.shape[1]:
         return False
