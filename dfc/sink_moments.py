@@ -2,7 +2,7 @@
 
 The last BN on the way to a consumer gives its channel c as z ~ N(β_c, γ_c²·σ_c²/(σ_c² + ε)) (`BNStats.output_mean_std`) (the folded layer's output, as in the
 BNS inverter). Between that tensor and the consumer there may be channel-wise activations (Relu, LeakyRelu, Clip:
-ReLU6) and mean-preserving reshapes/pools (GlobalAveragePool, Flatten, Reshape). The consumer then sees
+ReLU6, HardSigmoid, and hard-swish in `cleanup`'s form x·HardSigmoid(x)) and mean-preserving reshapes/pools (GlobalAveragePool, Flatten, Reshape). The consumer then sees
 a = f(z) with f the activations in order, and
 
     E[a] = ∫ f(β + γ·t) φ(t) dt,   E[a²] = ∫ f(β + γ·t)² φ(t) dt
@@ -21,11 +21,34 @@ from dfc import ir
 from dfc.channels import Group
 from dfc.intervals import ACTIVATIONS
 
-CHANNELWISE = ("Relu", "LeakyRelu", "Clip")
+CHANNELWISE = ("Relu", "LeakyRelu", "Clip", "HardSigmoid")
 MEAN_PRESERVING = ("GlobalAveragePool", "Flatten", "Reshape")
 _T = np.linspace(-8.0, 8.0, 1601)
 _W = np.exp(-_T ** 2 / 2)
 _W /= _W.sum()
+
+
+def _hard_swish_input(p: gs.Node) -> gs.Tensor | None:
+    """x when `p` is Mul(x, HardSigmoid(x)) (hard-swish as `cleanup` writes it), else None."""
+    if p.op != "Mul" or len(p.inputs) != 2:
+        return None
+    for x, g in (p.inputs, p.inputs[::-1]):
+        h = ir.producer(g)
+        if h is not None and h.op == "HardSigmoid" and h.inputs[0] is x:
+            return x
+    return None
+
+
+def _hard_sigmoid(z: np.ndarray, n: gs.Node) -> np.ndarray:
+    return np.clip(float(n.attrs.get("alpha", 0.2)) * z + float(n.attrs.get("beta", 0.5)), 0.0, 1.0)
+
+
+def _activate(z: np.ndarray, a: gs.Node) -> np.ndarray:
+    """The channel-wise activation `a` (a hard-swish Mul: z·HardSigmoid(z)) applied to the values z."""
+    if a.op == "Mul":
+        gate = next(ir.producer(t) for t in a.inputs if ir.producer(t) is not None and ir.producer(t).op == "HardSigmoid")
+        return z * _hard_sigmoid(z, gate)
+    return _hard_sigmoid(z, a) if a.op == "HardSigmoid" else ACTIVATIONS[a.op](z, a)
 
 
 def _source(t: gs.Tensor, bn_stats) -> tuple[str, list[gs.Node]] | None:
@@ -34,6 +57,11 @@ def _source(t: gs.Tensor, bn_stats) -> tuple[str, list[gs.Node]] | None:
     acts: list[gs.Node] = []
     while t.name not in bn_stats:
         p = ir.producer(t)
+        x = _hard_swish_input(p) if p is not None else None
+        if x is not None:
+            acts.insert(0, p)
+            t = x
+            continue
         if p is None or p.op not in CHANNELWISE + MEAN_PRESERVING:
             return None
         if p.op == "Clip" and ir.clip_bounds(p) is None:
@@ -64,7 +92,7 @@ def group_moments(groups: list[Group], bn_stats) -> tuple[np.ndarray, np.ndarray
         mu, sd = bn_stats[name].output_mean_std()
         z = float(mu[c]) + float(sd[c]) * _T
         for a in acts:
-            z = ACTIVATIONS[a.op](z, a)
+            z = _activate(z, a)
         means.append(float(_W @ z))
         second.append(float(_W @ (z * z)))
     return np.array(means), np.array(second)

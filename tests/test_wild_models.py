@@ -240,3 +240,57 @@ def test_float_layer_choice_is_never_slower_than_float(monkeypatch, medians, exp
                                      rand((4, 3, 8, 8)))
     assert pick == expected and info["chosen"] == expected
     assert (pick is None) == any("written in float" in n for n in ctx.notes)
+
+
+@pytest.mark.slow
+def test_ppocr_classifier_runs_end_to_end():
+    """PP-OCR (Paddle2ONNX, opset 11, symbolic H/W, hard-swish as Clip/Div, Constant-node weights): BNS runs (no
+    fallback), the written model keeps its symbolic dims and runs at 48×320."""
+    from dfc.api import optimize_with_report
+
+    model = load_model(shared_file("models/ppocr_mobile_cls.onnx"))
+    q, report = optimize_with_report(model, input_shape=(1, 3, 48, 192), input_mean=[0.5] * 3, input_std=[0.5] * 3,
+                                     calib_samples=8, inverter_steps=2, latency_rounds=2, probe_samples=4)
+    assert not any("cannot run" in n or "Gaussian" in n for n in report["notes"]), report["notes"]
+    assert report["passes"]["cleanup"]["rewrites"]["hard-sigmoid"] == 36
+    x = rand((2, 3, 48, 320))
+    assert np.abs(run(q, x) - run(model, x)).max() < 0.05
+    assert "float_layers" in report["passes"]["quantize"]  # hard-swish: int8 or float was measured
+
+
+@pytest.mark.slow
+def test_ultraface_detector_runs_end_to_end():
+    """UltraFace (opset 9, batch 1 baked into its Reshapes, two outputs): BNS runs on batches, the signature is
+    kept, every output is measured."""
+    from dfc.api import optimize_with_report
+
+    model = load_model(shared_file("models/ultraface_slim320.onnx"))
+    q, report = optimize_with_report(model, input_mean=[0.498] * 3, input_std=[0.502] * 3, calib_samples=8,
+                                     inverter_steps=2, latency_rounds=2, probe_samples=2)
+    assert not any("cannot run" in n or "Gaussian" in n for n in report["notes"]), report["notes"]
+    assert [d.dim_value for d in q.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 240, 320]
+    assert set(report["fidelity"]["outputs"]) == {"scores", "boxes"}
+    assert report["fidelity"]["outputs"]["scores"]["rel_l2"] < 0.05
+    assert report["latency"]["batch"] == 1
+
+
+def test_sink_moments_pass_through_hard_swish():
+    """A pruned channel behind a hard-swish is replaced by E[hswish(z)], z ~ N(β, γ²) from its BN statistics."""
+    from dfc import ir
+    from dfc.sink_moments import _activate, _source
+
+    r = np.random.default_rng(0)
+    inits = {"w1": r.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w2": r.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32),
+             "g": r.uniform(0.5, 1.5, 4).astype(np.float32), "b": r.normal(0, 1, 4).astype(np.float32),
+             "m": r.normal(0, 0.5, 4).astype(np.float32), "v": r.uniform(0.5, 2, 4).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["z"]),
+             helper.make_node("HardSwish", ["z"], ["h"]), helper.make_node("Conv", ["h", "w2"], ["y"])]
+    model = make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 2, 8, 8])], inits)
+    ctx = Context()
+    g = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(model, ctx))
+    sink = [n for n in g.nodes if n.op == "Conv"][-1]
+    name, acts = _source(sink.inputs[0], ctx.bn_stats)
+    assert [a.op for a in acts] == ["Mul"]
+    z = np.random.default_rng(1).normal(0.3, 2.0, 200000)
+    assert np.mean(_activate(z, acts[0])) == pytest.approx(np.mean(z * np.clip(z / 6 + 0.5, 0, 1)), rel=1e-6)
