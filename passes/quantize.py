@@ -113,7 +113,8 @@ class Quantize(Pass):
             if len(cands) < 2:
                 return self._quantize(graph, ctx, cands[0][1] if cands else ())
             built = {name: self._quantize(graph.copy(), ctx, kept) for name, kept in cands}
-            name, measured = float_layers.choose(graph, built, dict(cands), ctx, self._calibration_batch(graph, ctx))
+            name, measured = float_layers.choose(graph, built, dict(cands), ctx, self._calibration_batch(graph, ctx),
+                                                 batch=ctx.fixed_batch or 64)  # timed as the written model runs
             if name is None:  # no candidate with int8 layers beats float: the graph stays float
                 ctx.results["quantize"] = {"left_in_float": [n.name for n in quantizable_layers(graph)],
                                            "float_layers": measured}

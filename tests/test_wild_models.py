@@ -222,6 +222,10 @@ def test_float_layer_candidates_follow_the_graph():
     assert len(cands) == 3 and cands["all int8"] == ()
     assert len(cands["float before float-only ops"]) == 1  # the first conv feeds the hard-swish
     assert len(cands["float around float-only ops"]) == 2  # the last reads the SE gate's Mul
+    g = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(wild_model(), Context()))
+    layers = quantizable_layers(g)
+    prefixes = [k for name, k in candidates(g, layers) if name.startswith("float first")]
+    assert prefixes and all(k == tuple(n.name for n in layers[:len(k)]) for k in prefixes)
 
 
 @pytest.mark.parametrize("medians,expected", [
