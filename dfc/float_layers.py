@@ -32,6 +32,7 @@ WEIGHTED = ("Conv", "Gemm", "MatMul")
 #: quantization (value-preserving ops; Relu/Clip absorbed by the quantizer before them)
 INTEGER_OPS = WEIGHTED + ("Add", "GlobalAveragePool", "AveragePool", "Relu", "Clip", "Pad")
 VALUE_PRESERVING = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Slice", "Identity")
+FIDELITY_SAMPLES = 64
 TIE = 0.03  # latency within 3 % of the fastest counts as a tie (the medians' noise on a quiet 2-core machine)
 
 
@@ -95,8 +96,9 @@ def choose(float_graph: gs.Graph, built: dict[str, gs.Graph], kept: dict[str, tu
     models = {"float": gs.export_onnx(float_graph.copy())} | {k: gs.export_onnx(g) for k, g in built.items()}
     med, used = median_latencies(models, x[:batch], threads=threads, rounds=rounds, progress="int8 or float")
     ratio = {k: med[k] / med["float"] for k in built}
-    ref = outputs_of(models["float"], x[:batch])
-    error = {k: max(r["rel_l2"] for r in output_fidelity(ref, outputs_of(models[k], x[:batch])).values()) for k in built}
+    probe = x[:FIDELITY_SAMPLES]  # the error on more samples than a fixed batch of 1 times
+    ref = outputs_of(models["float"], probe)
+    error = {k: max(r["rel_l2"] for r in output_fidelity(ref, outputs_of(models[k], probe)).values()) for k in built}
     faster = [k for k in built if ratio[k] < 1.0]
     pick = None
     if faster:
