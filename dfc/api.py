@@ -420,7 +420,8 @@ def optimize(model_or_path, **options) -> onnx.ModelProto:
     target_latency / target_size / target_macs=None (a ratio instead of `prune`),
     compensate='udfc', udfc_partners='nnls', udfc_loss='bn', udfc_check=True, alpha_p=0.0, alpha_q=1000.0, wbits=8, abits=8,
     first_last_bits=8, no_quant=False, calib=None (best
-    available), calib_samples=None (256 Gaussian; BNS: the inverter's work budget), calibrator='mse', seed=0, input_mean/input_std=None."""
+    available), calib_samples=None (256 Gaussian; BNS: the inverter's work budget), calibrator='mse', seed=0, input_mean/input_std=None,
+    input_shape=None (N,C,H,W to work at where the model's input dims are symbolic; the output keeps them)."""
     return optimize_with_report(model_or_path, **{"measure": False, **options})[0]
 
 
