@@ -27,11 +27,12 @@ import onnx_graphsurgeon as gs
 
 from dfc import ir
 
-WEIGHTED = ("Conv", "Gemm", "MatMul")
+from dfc.passes.quantize import POOLS, SHARED_PARAM_OPS, WEIGHTED
+
 #: ops the QDQ graph runs on integers (a weighted layer, a residual Add, pooling) or that reuse their input's
 #: quantization (value-preserving ops; Relu/Clip absorbed by the quantizer before them)
-INTEGER_OPS = WEIGHTED + ("Add", "GlobalAveragePool", "AveragePool", "Relu", "Clip", "Pad")
-VALUE_PRESERVING = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Slice", "Identity")
+INTEGER_OPS = WEIGHTED + POOLS + ("Add", "Relu", "Clip", "Pad")
+VALUE_PRESERVING = SHARED_PARAM_OPS + ("Identity",)
 FIDELITY_SAMPLES = 64
 TIE = 0.03  # latency within 3 % of the fastest counts as a tie (the medians' noise on a quiet 2-core machine)
 

@@ -112,16 +112,18 @@ class Quantize(Pass):
             cands = float_layers.candidates(graph, quantizable_layers(graph))
             if len(cands) < 2:
                 return self._quantize(graph, ctx, cands[0][1] if cands else ())
-            built = {name: self._quantize(graph.copy(), ctx, kept) for name, kept in cands}
+            built, results = {}, {}
+            for name, kept in cands:
+                built[name] = self._quantize(graph.copy(), ctx, kept)
+                results[name] = ctx.results["quantize"]
             name, measured = float_layers.choose(graph, built, dict(cands), ctx, self._calibration_batch(graph, ctx),
                                                  batch=ctx.fixed_batch or 64)  # timed as the written model runs
             if name is None:  # no candidate with int8 layers beats float: the graph stays float
                 ctx.results["quantize"] = {"left_in_float": [n.name for n in quantizable_layers(graph)],
                                            "float_layers": measured}
                 return graph
-            out = self._quantize(graph, ctx, dict(cands)[name])
-            ctx.results["quantize"]["float_layers"] = measured
-            return out
+            ctx.results["quantize"] = {**results[name], "float_layers": measured}
+            return built[name]
         return self._quantize(graph, ctx, tuple(chosen))
 
     def _quantize(self, graph: gs.Graph, ctx: Context, kept_float) -> gs.Graph:
