@@ -18,3 +18,13 @@ def calibration_reader(model_or_path, batch: int = 64, **options):
     from dfc.ort_reader import calibration_reader as _reader
 
     return _reader(model_or_path, batch=batch, **options)
+
+
+def export(module, example_input, path, **options):
+    """Export a PyTorch module to ONNX with its BatchNorm layers kept (what dfc's data-free methods read), unlike
+    `torch.onnx.export`'s default, which folds them into the convs. Options: `opset` (17), `input_name`,
+    `output_name`, `mean`/`std` (the input normalisation, stored in the model's metadata). See
+    `dfc.models.export.export_keep_bn`."""
+    from dfc.models.export import export_keep_bn
+
+    return export_keep_bn(module, example_input, path, **options)

@@ -1,4 +1,4 @@
-"""`dfc` command line: optimize, eval, bns-score, inspect, bench.
+"""`dfc` command line: optimize, batch, eval, bns-score, inspect, bench.
 
 Exit codes: 0 success; 2 bad input or usage (the message names the file, node or option);
 1 internal error (one-line hint; `--debug` prints the traceback); 130 interrupted.
@@ -32,9 +32,6 @@ def _fail(msg: str, code: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
-    from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
-
     p = _Parser(prog="dfc", description="Data-free compression compiler for ONNX models.")
     p.add_argument("--version", action="version", version=f"dfc {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -43,6 +40,57 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("input", help="input .onnx model (never modified)")
     o.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
     o.add_argument("--force", action="store_true", help="allow the output to overwrite the input file")
+    add_optimize_options(o)
+    o.add_argument("--report", help="write the JSON report here")
+
+    z = sub.add_parser("batch", help="compress many models with one set of options, serially or on Ray")
+    z.add_argument("inputs", nargs="+", metavar="input", help="input .onnx models (never modified)")
+    z.add_argument("-o", "--output-dir", required=True,
+                   help="directory for <stem>.onnx, <stem>.report.json per model and summary.json/.md")
+    z.add_argument("--ray", metavar="ADDRESS",
+                   help="one Ray task per model: auto (the Ray running on this machine, else a new local one) or a "
+                        "cluster's address (HOST:6379, ray://HOST:10001); needs the extra dfc[distributed]")
+    add_optimize_options(z)
+
+    e = sub.add_parser("eval", help="top-1 on labelled images; fidelity to a reference model, per output")
+    e.add_argument("model")
+    e.add_argument("--data", required=True, help=".npz with `images` uint8 [N,H,W,C] and `labels` (labels optional "
+                                                 "with --reference: fidelity only)")
+    e.add_argument("--mean", help="per-channel mean (default: the model's dfc metadata)")
+    e.add_argument("--std", help="per-channel std (default: the model's dfc metadata)")
+    e.add_argument("--reference", help="reference model (e.g. the fp32 original): per output relative L2 error and "
+                                       "SQNR, top-1 agreement and KL for [N, classes] outputs")
+    e.add_argument("--fgsm", help="also top-1 under FGSM at these ε in pixel units, e.g. 1/255,2/255,8/255 (with "
+                                  "--reference: the reference's own, the transfer case and the robust-accuracy ratio)")
+    e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    e.add_argument("--debug", action="store_true")
+
+    b = sub.add_parser("bns-score", help="J_KL of a data set against the model's BatchNorm statistics")
+    b.add_argument("model")
+    b.add_argument("--data", required=True, help=".npz with `x` (float model inputs) or `images` (uint8 NHWC)")
+    b.add_argument("--mean", help="per-channel mean for `images` (default: the model's dfc metadata)")
+    b.add_argument("--std", help="per-channel std for `images`")
+    b.add_argument("--batch", type=int, default=256, help="J_KL is the mean over batches of this size (default 256)")
+    b.add_argument("--fgsm", help="score the FGSM-perturbed set at these ε in pixel units, e.g. 8/255 (labels from the "
+                                  "data's `labels`, else the model's own predictions; needs the normalisation)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--debug", action="store_true")
+
+    sub.add_parser("bench", help="benchmark models x configurations against ORT quantize_static (dfc bench --help)",
+                   add_help=False)
+
+    i = sub.add_parser("inspect", help="per-layer table: op, shapes, params, MACs, BN, quantized")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--debug", action="store_true")
+    return p
+
+
+def add_optimize_options(o: argparse.ArgumentParser) -> None:
+    """The options of `dfc optimize` that `dfc batch` shares (everything but the input/output files)."""
+    from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
+    from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
+
     o.add_argument("--prune", type=float, help="fraction of the scope's channels to remove, in [0, 1) (default 0)")
     o.add_argument("--prune-scope", choices=PRUNE_SCOPES, help="inner: block-private channels; all: residual streams too")
     o.add_argument("--criterion", choices=CRITERIA,
@@ -122,43 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--input-std", help="per-channel std of the input normalisation")
     o.add_argument("--input-shape", help="N,C,H,W to synthesize, calibrate and time at when the model's input dims "
                                          "are symbolic (default: the shape of --calib-data); the written model keeps them")
-    o.add_argument("--report", help="write the JSON report here")
     o.add_argument("--no-measure", action="store_true", help="skip the fidelity probe and latency measurement")
     o.add_argument("--debug", action="store_true", help="check validity after every pass; tracebacks on errors")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
 
-    e = sub.add_parser("eval", help="top-1 on labelled images; fidelity to a reference model, per output")
-    e.add_argument("model")
-    e.add_argument("--data", required=True, help=".npz with `images` uint8 [N,H,W,C] and `labels` (labels optional "
-                                                 "with --reference: fidelity only)")
-    e.add_argument("--mean", help="per-channel mean (default: the model's dfc metadata)")
-    e.add_argument("--std", help="per-channel std (default: the model's dfc metadata)")
-    e.add_argument("--reference", help="reference model (e.g. the fp32 original): per output relative L2 error and "
-                                       "SQNR, top-1 agreement and KL for [N, classes] outputs")
-    e.add_argument("--fgsm", help="also top-1 under FGSM at these ε in pixel units, e.g. 1/255,2/255,8/255 (with "
-                                  "--reference: the reference's own, the transfer case and the robust-accuracy ratio)")
-    e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    e.add_argument("--debug", action="store_true")
-
-    b = sub.add_parser("bns-score", help="J_KL of a data set against the model's BatchNorm statistics")
-    b.add_argument("model")
-    b.add_argument("--data", required=True, help=".npz with `x` (float model inputs) or `images` (uint8 NHWC)")
-    b.add_argument("--mean", help="per-channel mean for `images` (default: the model's dfc metadata)")
-    b.add_argument("--std", help="per-channel std for `images`")
-    b.add_argument("--batch", type=int, default=256, help="J_KL is the mean over batches of this size (default 256)")
-    b.add_argument("--fgsm", help="score the FGSM-perturbed set at these ε in pixel units, e.g. 8/255 (labels from the "
-                                  "data's `labels`, else the model's own predictions; needs the normalisation)")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--debug", action="store_true")
-
-    sub.add_parser("bench", help="benchmark models x configurations against ORT quantize_static (dfc bench --help)",
-                   add_help=False)
-
-    i = sub.add_parser("inspect", help="per-layer table: op, shapes, params, MACs, BN, quantized")
-    i.add_argument("model")
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--debug", action="store_true")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage errors (exit 2, message printed), --help and --version (0)
         return int(e.code or 0)
-    command = {"optimize": cmd_optimize, "eval": cmd_eval, "inspect": cmd_inspect, "bns-score": cmd_bns_score}[args.command]
+    args.argv = argv
+    command = {"optimize": cmd_optimize, "batch": cmd_batch, "eval": cmd_eval, "inspect": cmd_inspect, "bns-score": cmd_bns_score}[args.command]
     return _guarded(lambda: command(args), debug=getattr(args, "debug", False))
 
 
@@ -198,14 +214,31 @@ def _guarded(run, debug: bool) -> int:
 
 def cmd_optimize(args) -> int:
     from dfc import progress
-    from dfc.api import DEFAULTS, load_calibration, optimize_with_report, uses_samples
+    from dfc.api import optimize_with_report
     from dfc.modelio import load_model, save_model_atomic
     from dfc.report import summary_table, write_json_atomic
-    from dfc.validation import parse_floats, parse_ints
 
     src, dst = Path(args.input), Path(args.output)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve() and not args.force:
         raise DfcError(f"-o {dst} is the input file; refusing to overwrite it (use --force)")
+    options = optimize_options(args)
+    progress.set_enabled(not args.quiet)
+    optimized, report = optimize_with_report(load_model(src), **options)
+    report["input"], report["output"] = str(src), str(dst)
+    report["after"]["size_bytes"] = save_model_atomic(optimized, dst)
+    if args.report:
+        write_json_atomic(report, args.report)
+    if not args.quiet:
+        print(f"wrote {dst}")
+        print(summary_table(report))
+    return EXIT_OK
+
+
+def optimize_options(args) -> dict:
+    """The keyword arguments of `dfc.optimize_with_report` from the shared optimize options (checked together)."""
+    from dfc.api import DEFAULTS, load_calibration, uses_samples
+    from dfc.validation import parse_floats, parse_ints
+
     if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits)):
         raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits")
     sampling = uses_samples({"no_quant": args.no_quant, "finetune": args.finetune,
@@ -216,12 +249,9 @@ def cmd_optimize(args) -> int:
                        "--calib/--calib-data/--save-calib do not apply")
     if args.calib_data and args.calib:
         raise DfcError("--calib-data and --calib are exclusive (the data replaces the generator)")
-    progress.set_enabled(not args.quiet)
-    model = load_model(src)
     mean, std = parse_floats(args.input_mean, "--input-mean"), parse_floats(args.input_std, "--input-std")
     calib_data = load_calibration(args.calib_data, mean, std) if args.calib_data else None
-    optimized, report = optimize_with_report(
-        model,
+    return dict(
         prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
         alpha_p=args.alpha_p, alpha_q=args.alpha_q, udfc_partners=args.udfc_partners, udfc_loss=args.udfc_loss,
         udfc_requant=False if args.no_requant else None, udfc_check=False if args.no_udfc_check else None,
@@ -229,22 +259,44 @@ def cmd_optimize(args) -> int:
         channel_multiple=args.channel_multiple, target_latency=args.target_latency, target_size=args.target_size,
         target_macs=args.target_macs, prune_depth=args.prune_depth,
         wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
-        calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator, bias_correction=False if args.no_bias_correction else None, seed=args.seed,
+        calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator,
+        bias_correction=False if args.no_bias_correction else None, seed=args.seed,
         calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,
         inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
         inverter_size=args.inverter_size, inverter_refine_steps=args.inverter_refine_steps,
-        finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_time=args.finetune_time, finetune_batch=args.finetune_batch,
-        finetune_lr=args.finetune_lr, finetune_step_lr=args.finetune_step_lr, device=args.device, input_mean=mean, input_std=std,
-        input_shape=parse_ints(args.input_shape, "--input-shape"), debug=args.debug, measure=not args.no_measure,
+        finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_time=args.finetune_time,
+        finetune_batch=args.finetune_batch, finetune_lr=args.finetune_lr, finetune_step_lr=args.finetune_step_lr,
+        device=args.device, input_mean=mean, input_std=std, input_shape=parse_ints(args.input_shape, "--input-shape"),
+        debug=args.debug, measure=not args.no_measure,
     )
-    report["input"], report["output"] = str(src), str(dst)
-    report["after"]["size_bytes"] = save_model_atomic(optimized, dst)
-    if args.report:
-        write_json_atomic(report, args.report)
+
+
+def cmd_batch(args) -> int:
+    from dfc import batch, progress
+    from dfc.api import resolve_options
+
+    if args.save_calib:
+        raise DfcError("--save-calib does not apply to dfc batch (one file for many models); run dfc optimize on the "
+                       "model whose samples you want")
+    if args.ray:
+        from dfc.distributed import require_ray
+
+        require_ray()  # before any work
+    options = optimize_options(args)
+    resolve_options(options)  # a bad option fails once, before any model is read
+    progress.set_enabled(not args.quiet and not args.ray)
+    echo = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    summary = batch.run(args.inputs, args.output_dir, options, ray_address=args.ray, echo=echo,
+                        command="dfc " + " ".join(args.argv))
     if not args.quiet:
-        print(f"wrote {dst}")
-        print(summary_table(report))
-    return EXIT_OK
+        print(batch.summary_text(summary))
+        print(f"wrote {args.output_dir}/summary.json and summary.md")
+    failed = [r for r in summary["models"] if "error" in r]
+    if not failed:
+        return EXIT_OK
+    _fail(f"{len(failed)} of {len(summary['models'])} model(s) failed: "
+          + "; ".join(batch.failure_line(r) for r in failed), EXIT_USAGE)
+    return EXIT_INTERNAL if any(r["internal"] for r in failed) else EXIT_USAGE
 
 
 def cmd_eval(args) -> int:

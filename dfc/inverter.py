@@ -21,7 +21,6 @@ input range. CUDA is used when available.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dfc.errors import DfcError
+from dfc.runtime import cpu_threads
 
 METHODS = ("bns", "inception", "bns+inception")
 MAX_SAMPLES, MIN_STEPS, MAX_STEPS = 256, 100, 200
@@ -50,7 +50,7 @@ class InverterConfig:
     inception_scale: float = 1.0
     seed: int = 0
     device: str | None = None  # None: cuda when available, else cpu
-    threads: int | None = None  # cpu threads (default: all cores)
+    threads: int | None = None  # cpu threads (default: dfc.runtime.cpu_threads, all cores this process may use)
     size: int | None = None  # side of the first phase's inputs in pixels (None: from `synthesis_macs`)
     synthesis_macs: float | None = 1.3e8  # per-sample MACs the first phase aims at (None: always the input size)
     min_side: int = 32
@@ -172,7 +172,7 @@ class Inverter:
             raise DfcError("the BNS inverter needs BatchNorm statistics and the model has none; use --calib gaussian")
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+            torch.set_num_threads(cfg.threads or cpu_threads())
         self.net = TorchGraph(model, watch=[t.tensor for t in self.targets]).to(self.device).eval()
         for p in self.net.buffers():
             p.requires_grad_(False)

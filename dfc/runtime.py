@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+
+CPUS_ENV = "DFC_CPUS"  # set by dfc.distributed in a Ray task: the CPUs the task reserved
+
+
+def cpu_threads() -> int:
+    """CPU threads this process's torch work may use: a Ray task's reservation (`DFC_CPUS`), else the CPUs the
+    affinity mask allows (taskset, cgroup cpusets), else `os.cpu_count()`."""
+    if os.environ.get(CPUS_ENV, "").isdigit() and int(os.environ[CPUS_ENV]) > 0:
+        return int(os.environ[CPUS_ENV])
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool = True, spinning: bool = True

@@ -77,7 +77,8 @@ def markdown(results: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, torch {m['torch']}, "
         f"Python {m['python']}  ",
         f"Started {results['started']}; {results.get('elapsed_seconds', 0) / 60:.1f} min"
-        + ("" if results.get("finished") else " so far (unfinished)") + "", "",
+        + ("" if results.get("finished") else " so far (unfinished)") + "  ",
+        f"Rows ran: {where_rows_ran(results)}", "",
         "top-1: exact CIFAR-10 test subset; agreement: top-1 agreement with the fp32 model on the JPEG set; max rel. L2: "
         "for the unlabelled exported models, the largest relative L2 error to the fp32 model over their outputs; "
         "weights KiB: weight params × their bit width (nominal, what a packed format would store); file KiB: the ONNX "
@@ -92,6 +93,14 @@ def markdown(results: dict) -> str:
     for model in results["models"]:
         lines += [f"## {model}", "", model_table(results["rows"], model), ""]
     return "\n".join(lines)
+
+
+def where_rows_ran(results: dict) -> str:
+    """The runner and, per host and process, how many rows ran there (each row's `ran_on`)."""
+    from collections import Counter
+
+    counts = Counter(r.get("ran_on") or "not run" for r in results["rows"])
+    return f"{results.get('runner', 'serial')}; " + ", ".join(f"{k}: {n} row(s)" for k, n in sorted(counts.items()))
 
 
 def write_outputs(results: dict, out: Path, plots: bool = True) -> list[Path]:

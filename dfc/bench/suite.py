@@ -95,29 +95,52 @@ def shared_specs(shared: Path, names: list[str]) -> list[ModelSpec]:
     return specs
 
 
+@dataclass
+class ModelData:
+    """A spec's files as read from disk (what a Ray run ships to its workers, which need not have them)."""
+
+    original: onnx.ModelProto
+    fid_images: np.ndarray
+    acc_images: np.ndarray | None
+    labels: np.ndarray | None
+
+
+def load_data(spec: ModelSpec) -> ModelData:
+    from dfc.modelio import load_model
+    from dfc.validation import load_eval_data
+
+    fid_images = load_eval_data(spec.fidelity_data, need_labels=False)[0]
+    images, labels = load_eval_data(spec.accuracy_data) if spec.accuracy_data else (None, None)
+    return ModelData(load_model(spec.path), fid_images, images, labels)
+
+
 class ModelBench:
     """One model's reference outputs, calibration sets and row measurements."""
 
-    def __init__(self, spec: ModelSpec, settings: Settings):
-        from dfc.modelio import load_model
-        from dfc.validation import load_eval_data, preprocess
+    def __init__(self, spec: ModelSpec, settings: Settings, data: ModelData | None = None):
+        from dfc.validation import preprocess
 
+        t0 = time.perf_counter()
         self.spec, self.s = spec, settings
         self.mean, self.std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
-        self.original = load_model(spec.path)
-        fid_images = load_eval_data(spec.fidelity_data, need_labels=False)[0]
-        self.fid_images = fid_images
-        self.x_fid = preprocess(fid_images[: settings.fidelity_samples], self.mean, self.std)
-        if spec.accuracy_data:
-            images, self.labels = load_eval_data(spec.accuracy_data)
-            self.x_acc = preprocess(images, self.mean, self.std)
+        data = data or load_data(spec)
+        self.original, self.fid_images, self.labels = data.original, data.fid_images, data.labels
+        self.x_fid = preprocess(self.fid_images[: settings.fidelity_samples], self.mean, self.std)
+        if data.acc_images is not None:
+            self.x_acc = preprocess(data.acc_images, self.mean, self.std)
         else:  # fidelity only; the fidelity images are the latency batch too
-            self.labels, self.x_acc = None, self.x_fid
+            self.x_acc = self.x_fid
         # one set for both (EfficientNet-Lite0's 500 ImageNet images): run it once
         self.one_set = (spec.accuracy_data or spec.fidelity_data) == spec.fidelity_data and settings.fidelity_samples is None
         self.ref_acc, self.ref_fid = self.logits(self.original)
         self.ref_outputs = self.outputs(self.original) if self.labels is None else None
         self._calib: dict[str, tuple[np.ndarray, dict]] = {}
+        self.setup_seconds = time.perf_counter() - t0
+
+    @staticmethod
+    def calibration_method(cfg: Config) -> str | None:
+        """The calibration set a row compresses with (None: none)."""
+        return cfg.calib if cfg.kind == "ort" or (cfg.kind == "dfc" and cfg.wbits is not None) else None
 
     def logits(self, model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
         """The model's logits on the accuracy set and on the fidelity set."""
@@ -173,7 +196,8 @@ class ModelBench:
             return model, time.perf_counter() - t0, info["seconds"], []
         from dfc.api import optimize_with_report
 
-        x, info = self.calibration(cfg.calib) if cfg.wbits is not None else (None, {"seconds": 0.0})
+        method = self.calibration_method(cfg)
+        x, info = self.calibration(method) if method else (None, {"seconds": 0.0})
         t0 = time.perf_counter()
         model, report = optimize_with_report(self.original, calib_data=x, seed=self.s.seed, input_mean=self.mean,
                                              input_std=self.std, input_shape=self.spec.input_shape, measure=False,
@@ -213,10 +237,15 @@ class ModelBench:
         return row
 
     def row(self, cfg: Config) -> dict:
-        base = {"model": self.spec.name, "config": cfg.name, "kind": cfg.kind, "precision": cfg.precision,
-                "calib": cfg.calib, "prune": cfg.prune, "scope": cfg.scope if cfg.prune else None,
-                "target": f"{cfg.target[0][len('target_'):]} {cfg.target[1]:g}" if cfg.target else None,
-                "compensate": cfg.compensate if cfg.kind == "dfc" else None, "activations": cfg.activations}
+        """The row of one configuration, with the time it took and where it ran."""
+        from dfc.distributed import where
+
+        t0 = time.perf_counter()
+        row = self._row(cfg)
+        return {**row, "wall_seconds": time.perf_counter() - t0, "ran_on": where()}
+
+    def _row(self, cfg: Config) -> dict:
+        base = base_row(self.spec.name, cfg)
         try:
             model, seconds, calib_seconds, notes = self.compress(cfg)
             try:
@@ -228,6 +257,14 @@ class ModelBench:
             return {**base, **measured, "seconds": seconds, "calib_seconds": calib_seconds, "notes": notes}
         except DfcError as e:  # a configuration the tool refuses is a result, not a crash of the benchmark
             return {**base, "top1": None, "error": str(e)}
+
+
+def base_row(model: str, cfg: Config) -> dict:
+    """What a row says of its configuration, measured or not."""
+    return {"model": model, "config": cfg.name, "kind": cfg.kind, "precision": cfg.precision,
+            "calib": cfg.calib, "prune": cfg.prune, "scope": cfg.scope if cfg.prune else None,
+            "target": f"{cfg.target[0][len('target_'):]} {cfg.target[1]:g}" if cfg.target else None,
+            "compensate": cfg.compensate if cfg.kind == "dfc" else None, "activations": cfg.activations}
 
 
 def _first_line(e: Exception) -> str:
@@ -255,32 +292,44 @@ def machine() -> dict:
             "onnx": onnx.__version__, "torch": torch.__version__, "platform": platform.platform()}
 
 
-def run(specs: list[ModelSpec], configs: list[Config], settings: Settings, command: str = "") -> dict:
-    """Benchmark every spec × config; results.json is rewritten after each row, results.md and plots at the end."""
+def run(specs: list[ModelSpec], configs: list[Config], settings: Settings, command: str = "",
+        ray_address: str | None = None) -> dict:
+    """Benchmark every spec × config, in this process or as Ray tasks (`dfc.bench.on_ray`); results.json is rewritten
+    after each row (rows in the matrix's order), results.md and plots at the end."""
     from dfc import progress
     from dfc.bench.report import write_outputs
 
     settings.out.mkdir(parents=True, exist_ok=True)
     results = {"command": command, "machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v
                                                                         for k, v in asdict(settings).items()},
-               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "models": {}, "rows": []}
-    t_start, total, done = time.perf_counter(), len(specs) * len(configs), 0
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "models": {}, "rows": [], "runner": "serial"}
+    t_start, slots = time.perf_counter(), {}
+    order = [(spec.name, cfg.name) for spec in specs for cfg in configs]
     progress.set_enabled(False)
-    for spec in specs:
-        t0 = time.perf_counter()
-        bench = ModelBench(spec, settings)
+
+    def model_ready(spec: ModelSpec, setup_seconds: float | None) -> None:
         results["models"][spec.name] = {"path": spec.path, "accuracy_data": spec.accuracy_data,
-                                        "fidelity_data": spec.fidelity_data, "setup_seconds": time.perf_counter() - t0}
-        for cfg in configs:
-            t_row = time.perf_counter()
-            row = bench.row(cfg)
-            row["wall_seconds"] = time.perf_counter() - t_row
-            results["rows"].append(row)
-            done += 1
-            results["elapsed_seconds"] = time.perf_counter() - t_start
-            write_outputs(results, settings.out, plots=False)
-            print(f"[{done}/{total}] {_row_line(row)}  ({row['wall_seconds']:.0f} s, {results['elapsed_seconds'] / 60:.1f} min in all)",
-                  flush=True)
+                                        "fidelity_data": spec.fidelity_data, "setup_seconds": setup_seconds}
+        results["models"] = {s.name: results["models"][s.name] for s in specs if s.name in results["models"]}
+
+    def record(row: dict) -> None:
+        slots[row["model"], row["config"]] = row
+        results["rows"] = [slots[k] for k in order if k in slots]
+        results["elapsed_seconds"] = time.perf_counter() - t_start
+        write_outputs(results, settings.out, plots=False)
+        print(f"[{len(slots)}/{len(order)}] {_row_line(row)}  ({row['wall_seconds']:.0f} s, "
+              f"{results['elapsed_seconds'] / 60:.1f} min in all)", flush=True)
+
+    if ray_address:
+        from dfc.bench.on_ray import run_rows
+
+        results["runner"] = run_rows(specs, configs, settings, ray_address, model_ready, record)
+    else:
+        for spec in specs:
+            bench = ModelBench(spec, settings)
+            model_ready(spec, bench.setup_seconds)
+            for cfg in configs:
+                record(bench.row(cfg))
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["elapsed_seconds"] = time.perf_counter() - t_start
     write_outputs(results, settings.out, plots=settings.plots)
@@ -313,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads for the latency runs (default 2)")
     ap.add_argument("--fidelity-samples", type=int, help="use only the first N images of the JPEG set for agreement")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ray", metavar="ADDRESS",
+                    help="rows as Ray tasks, each reserving --threads CPUs: auto (the Ray running on this machine, else "
+                         "a new local one) or a cluster's address; needs the extra dfc[distributed]")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--summarize", metavar="RESULTS_JSON", help="print the README summary tables of a finished run and exit")
     return ap
@@ -333,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         raise DfcError("dfc bench: --out DIR is required")
+    if args.ray:
+        from dfc.distributed import require_ray
+
+        require_ray()
     for opt in ("latency_batch", "threads"):
         if getattr(args, opt) < 1:
             raise DfcError(f"--{opt.replace('_', '-')} must be >= 1")
@@ -345,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                         fidelity_samples=args.fidelity_samples, seed=args.seed, plots=not args.no_plots)
     command = "dfc bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"dfc bench: {len(specs)} model(s) × {len(configs)} configurations -> {settings.out}", flush=True)
-    results = run(specs, configs, settings, command)
+    results = run(specs, configs, settings, command, ray_address=args.ray)
     print(f"done in {results['elapsed_seconds'] / 60:.1f} min: {settings.out / 'results.md'}")
     return 0
 
