@@ -37,3 +37,31 @@ def test_shipped_demo_model_is_small_valid_and_accurate(digits_test):
     x, y = digits_test
     assert (run(m, x).argmax(1) == y).mean() >= 0.95
     assert sum(p.numel() for p in DigitsCNN().parameters()) < 20_000
+
+
+def test_public_export_keeps_bn_restores_mode_and_dfc_reads_the_statistics(tmp_path):
+    """`dfc.export` (the documented helper): BN nodes kept where torch's default would fold them, the module's
+    training mode restored, the file written whole; dfc then finds BN statistics (the BNS default source)."""
+    import dfc
+    from dfc.api import calibration_set
+
+    model = CifarResNet(20).train()
+    path = tmp_path / "r20.onnx"
+    m = dfc.export(model, torch.randn(2, 3, 32, 32), path, mean=[0.5] * 3, std=[0.25] * 3)
+    assert model.training  # restored
+    assert sum(n.op_type == "BatchNormalization" for n in m.graph.node) == 19
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.onnx"]  # no temporary file left behind
+    x, info = calibration_set(str(path), calib_samples=8, inverter_steps=2)
+    assert info["method"] == "bns" and x.shape == (8, 3, 32, 32)
+
+
+def test_public_export_refuses_half_given_normalisation_and_missing_folder(tmp_path):
+    import pytest
+
+    import dfc
+    from dfc.errors import DfcError
+
+    with pytest.raises(DfcError, match="both mean and std"):
+        dfc.export(CifarResNet(20), torch.randn(1, 3, 32, 32), tmp_path / "a.onnx", mean=[0.5] * 3)
+    with pytest.raises(DfcError, match="does not exist"):
+        dfc.export(CifarResNet(20), torch.randn(1, 3, 32, 32), tmp_path / "no" / "a.onnx")
