@@ -75,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-GAUSSIAN_SAMPLES = 256
+GAUSSIAN_SAMPLES = 256  # samples of a noise source (gaussian, pink)
 PRUNE_RANKS = ("auto", "uniform", "global")
 PRUNE_DEPTHS = ("on", "off")
 TARGETS = ("target_latency", "target_size", "target_macs")
@@ -199,19 +199,33 @@ def _synthesize_pass(o: dict, method: str, fallback: bool = False):
                     seed=int(o["seed"]), device=o["device"], fallback=fallback)
 
 
-def build_passes(o: dict, ctx: Context) -> list:
+def calibration_method(o: dict, ctx: Context, model: onnx.ModelProto) -> str:
+    """--calib, else the best source the model allows (`calibration.best_available_method`)."""
+    return o["calib"] or calibration.best_available_method(ctx.bn_stats_found, _classifier(model))
+
+
+def _classifier(model: onnx.ModelProto) -> bool:
+    """The first output is [N, classes] (classes > 1 or symbolic): its argmax is a class the inception scheme can
+    target."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+    return len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value < 2)
+
+
+def build_passes(o: dict, ctx: Context, model: onnx.ModelProto) -> list:
     quantizing, compensating = not o["no_quant"], o["compensate"] != "none"
     tuning = o["finetune"] is not None
     passes = [get_pass("cleanup"), get_pass("fold-bn")]
     if tuning:
         passes.append(get_pass("snapshot", key="teacher"))
     calib = None
-    if uses_samples(o) and o["calib_data"] is None:
-        calib = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
-        if o["calib"] is None and calib == "gaussian":
-            ctx.note("no BatchNorm statistics: calibrating on Gaussian noise (the BNS inverter needs them)")
-        if calib != "gaussian":
+    pruning = float(o["prune"]) > 0 or prune_target(o) is not None
+    # without BN statistics pruning's probe and moments come from synthetic samples too (passes/moments.py)
+    if (uses_samples(o) or (pruning and not ctx.bn_stats_found)) and o["calib_data"] is None:
+        calib = calibration_method(o, ctx, model)
+        if calib not in calibration.NOISE_METHODS:
             passes.append(_synthesize_pass(o, calib, fallback=o["calib"] is None))
+    if pruning and not ctx.bn_stats_found:
+        passes.append(get_pass("estimate-moments"))
     passes += [
         get_pass("prune", ratio=float(o["prune"]), scope=o["prune_scope"], criterion=o["criterion"],
                  step=float(o["prune_step"]), global_rank={"auto": "auto", "uniform": False, "global": True}[o["prune_rank"]], compensate=o["compensate"],
@@ -261,9 +275,9 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     ctx.original_bytes = original.ByteSize()
     if o["calib_data"] is not None:  # the probe of the pruning checks too, as synthesized samples would be
         ctx.calibration, ctx.calibration_source = np.asarray(o["calib_data"], np.float32), "user data"
-    _check_save_calib(o, ctx)
+    _check_save_calib(o, ctx, original)
     signature, work = _work_model(original, o, ctx)
-    optimized = signature.restore(PassManager(build_passes(o, ctx), debug=o["debug"]).run(work, ctx))
+    optimized = signature.restore(PassManager(build_passes(o, ctx, work), debug=o["debug"]).run(work, ctx))
     check_model(optimized, what="the optimized model")
     if signature.free_dims:
         signature.check_other_size(original, optimized, ctx)
@@ -355,31 +369,32 @@ def calibration_set(model_or_path, **options) -> tuple[np.ndarray, dict]:
     original = as_model(model_or_path)
     ctx = _context(original, o)
     _, original = _work_model(original, {**o, "no_quant": False}, ctx)
-    method = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
+    method = calibration_method(o, ctx, original)
     t0 = time.perf_counter()
-    if method == "gaussian":
+    if method in calibration.NOISE_METHODS:
         from dfc import ir
 
         shape = ctx.input_shape or calibration.input_spec(ir.import_graph(original))[1]
-        x, info = calibration.gaussian_samples(shape, int(o["calib_samples"] or GAUSSIAN_SAMPLES), ctx.rng(salt=1),
-                                               ctx.sample_range()), {}
+        x, info = calibration.noise_samples(method, shape, int(o["calib_samples"] or GAUSSIAN_SAMPLES), ctx.rng(salt=1),
+                                            ctx.sample_range()), {}
     else:
         PassManager([get_pass("cleanup"), get_pass("fold-bn"), _synthesize_pass(o, method)], debug=o["debug"]).run(original, ctx)
         x, info = ctx.calibration, dict(ctx.results["synthesize"])
     return x, {**info, "method": method, "seconds": time.perf_counter() - t0}
 
 
-def _check_save_calib(o: dict, ctx: Context) -> None:
+def _check_save_calib(o: dict, ctx: Context, model: onnx.ModelProto) -> None:
     """--save-calib refused before any work when this run will synthesize nothing, or cannot write there."""
     import os
 
     path = o["save_calib"]
     if not path:
         return
-    method = o["calib"] or calibration.best_available_method(ctx.bn_stats_found)
-    if not uses_samples(o) or o["calib_data"] is not None or method == "gaussian":
+    method = calibration_method(o, ctx, model)
+    if not uses_samples(o) or o["calib_data"] is not None or method in calibration.NOISE_METHODS:
         why = "--no-quant" if not uses_samples(o) else "--calib-data" if o["calib_data"] is not None else (
-            "--calib gaussian" if o["calib"] else "the model has no BatchNorm statistics, so calibration uses Gaussian noise")
+            f"--calib {method}" if o["calib"] else f"the model has no BatchNorm statistics nor a classifier output, so "
+                                                   f"calibration uses {method} noise")
         raise DfcError(f"--save-calib {path}: this run synthesizes no calibration samples ({why})")
     folder = os.path.dirname(os.path.abspath(str(path)))
     if not os.path.isdir(folder):
@@ -391,7 +406,8 @@ def save_calibration(path, ctx: Context) -> None:
     from dfc.modelio import atomic_target
 
     if ctx.calibration is None:
-        raise DfcError(f"--save-calib {path}: this run synthesized no calibration samples (--calib gaussian, --calib-data or --no-quant)")
+        raise DfcError(f"--save-calib {path}: this run synthesized no calibration samples (a noise source, --calib-data or "
+                       "--no-quant)")
     with atomic_target(path, suffix=".npz") as tmp:
         np.savez(tmp, x=ctx.calibration, source=np.array(ctx.calibration_source))
 

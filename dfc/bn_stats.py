@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 METADATA_KEY = "dfc.bn_stats"
+ESTIMATED = "estimated"  # BNStats.source of moments measured on synthetic samples (passes/moments.py), not BN's
 
 
 @dataclass
@@ -63,7 +64,13 @@ class BNStatsStore(dict):
     """tensor name -> BNStats."""
 
     def to_metadata(self) -> str:
-        return json.dumps({k: v.to_json() for k, v in sorted(self.items())}, separators=(",", ":"))
+        """The BN statistics as JSON (estimated moments left out: they are not BN statistics)."""
+        return json.dumps({k: v.to_json() for k, v in sorted(self.items()) if v.source != ESTIMATED},
+                          separators=(",", ":"))
+
+    def measured(self) -> bool:
+        """Whether any entry is real BN statistics (not estimated moments)."""
+        return any(v.source != ESTIMATED for v in self.values())
 
     @staticmethod
     def from_metadata(text: str) -> "BNStatsStore":

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_optimize_options(o: argparse.ArgumentParser) -> None:
     """The options of `dfc optimize` that `dfc batch` shares (everything but the input/output files)."""
+    from dfc.calibration import CALIB_METHODS
     from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
     from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
 
@@ -132,8 +133,9 @@ def add_optimize_options(o: argparse.ArgumentParser) -> None:
     o.add_argument("--abits", type=int, help="activation bit width 2-8 (default 8)")
     o.add_argument("--first-last-bits", type=int, help="bit width of the first and last layers (default 8)")
     o.add_argument("--no-quant", action="store_true", help="no quantization (float output)")
-    o.add_argument("--calib", choices=["bns", "gaussian", "inception", "bns+inception"],
-                   help="synthetic calibration data (default: best available)")
+    o.add_argument("--calib", choices=CALIB_METHODS,
+                   help="synthetic calibration data (default: bns with BatchNorm statistics; without them inception "
+                        "for classifiers, else pink noise)")
     o.add_argument("--calib-samples", type=int, help="number of calibration samples (default: 256 Gaussian; BNS: as many "
                                                       "as the inverter's work budget allows, 256 at most)")
     o.add_argument("--no-bias-correction", action="store_true",

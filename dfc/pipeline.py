@@ -171,7 +171,7 @@ class PassManager:
 def output_metadata(ctx: Context) -> dict[str, str]:
     """The metadata an output model carries: the context's, the BN statistics, the input normalisation."""
     meta = dict(ctx.metadata)
-    if ctx.bn_stats:
+    if ctx.bn_stats.measured():
         meta[METADATA_KEY] = ctx.bn_stats.to_metadata()
     else:
         meta.pop(METADATA_KEY, None)

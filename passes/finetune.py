@@ -88,8 +88,8 @@ class Finetune(Pass):
             return self.options["samples"], "user data"
         if ctx.calibration is not None:
             return ctx.calibration, ctx.calibration_source
-        ctx.note("finetune: no synthesized samples (no BatchNorm statistics or --calib gaussian): training on "
-                 "Gaussian noise, which carries little of the data's structure")
+        ctx.note("finetune: no synthesized samples (--calib gaussian or pink, or the inverter could not run the "
+                 "model): training on Gaussian noise, which carries little of the data's structure")
         _, shape = calibration.input_spec(graph)
         return calibration.gaussian_samples(shape, int(self.options["gaussian_samples"]), ctx.rng(salt=1),
                                             ctx.sample_range()), "gaussian"

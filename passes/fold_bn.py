@@ -20,6 +20,15 @@ from dfc.errors import DfcError
 from dfc.pipeline import Context, Pass, register
 
 
+NO_BN_NOTE = (
+    "no BatchNormalization statistics (no BN nodes, no dfc metadata: a BN-folded export?): synthetic samples come from "
+    "the inception scheme (classifiers) or pink noise instead of BNS, and pruning reads each layer's channel moments "
+    "as measured on them. Exported with BatchNorm kept, dfc synthesizes from the statistics and does better: "
+    "dfc.export(module, example_input, path), or torch.onnx.export(..., dynamo=False, "
+    "training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)"
+)
+
+
 @register
 class FoldBN(Pass):
     name = "fold-bn"
@@ -32,11 +41,7 @@ class FoldBN(Pass):
             graph = ir.infer_shapes(graph)
             bns = ir.nodes_by_op(graph, "BatchNormalization")
         elif not ctx.bn_stats_found:
-            ctx.note(
-                "no BatchNormalization statistics found (no BN nodes, no dfc metadata): "
-                "the data-free features that need them fall back (calibration uses Gaussian noise "
-                "in the model's input space instead of BN-matched synthetic data)"
-            )
+            ctx.note(NO_BN_NOTE)
         folded = {"Conv": 0, "Gemm": 0, "MatMul": 0, "affine": 0}
         for bn in bns:
             stats = self._stats(bn)

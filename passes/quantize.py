@@ -300,14 +300,14 @@ class Quantize(Pass):
                 raise DfcError(f"calibration data has sample shape {x.shape[1:]}, input {name!r} expects {shape}")
             return x
         calibration.check_method(o["calib"])
-        if self._calib(ctx) != "gaussian":
+        if self._calib(ctx) not in calibration.NOISE_METHODS:
             if ctx.calibration is None or ctx.calibration_source != o["calib"]:
                 raise DfcError(f"--calib {o['calib']}: no synthesized samples; run the `synthesize` pass before `quantize`")
             return ctx.calibration
         n = int(o["calib_samples"])
         if n < 1:
             raise DfcError(f"--calib-samples must be >= 1, got {n}")
-        return calibration.gaussian_samples(shape, n, ctx.rng(salt=1), ctx.sample_range())
+        return calibration.noise_samples(self._calib(ctx), shape, n, ctx.rng(salt=1), ctx.sample_range())
 
     @staticmethod
     def _weight_axis(n: gs.Node) -> int | None:

@@ -181,7 +181,7 @@ CASES: list[Case] = [
     Case("qlinear-model", "inputs", "already quantized (QLinearConv)", _opt(qlinear_model, "qlinear.onnx"), 2,
          "already quantized (node 'q_x'"),
     Case("no-bn", "inputs", "no BatchNormalization (BN-folded export)", _opt_path(lambda d: _save(_folded(), d, "folded.onnx")), 0,
-         "no BatchNorm statistics: calibrating on Gaussian noise"),
+         "no BatchNormalization statistics (no BN nodes"),
     Case("pre-activation-bn", "inputs", "BN after a Relu, not after a Conv", _opt(pre_activation_cnn, "preact.onnx", "--prune", "0.25"),
          0, ""),
     Case("maxpool-on-path", "inputs", "MaxPool (asymmetric pads) between pruned layers",

@@ -74,8 +74,8 @@ def test_bns_without_bn_statistics_is_a_clear_error_and_the_default_falls_back()
     with pytest.raises(DfcError, match="BatchNorm statistics"):
         optimize_with_report(m, calib="bns", measure=False)
     _, rep = optimize_with_report(m, measure=False)
-    assert rep["passes"]["quantize"]["calibration"] == "gaussian"
-    assert any("Gaussian noise" in n for n in rep["notes"])
+    assert rep["passes"]["quantize"]["calibration"] == "pink"  # no BN statistics, no class output: pink noise
+    assert any("pink noise" in n and "dfc.export" in n for n in rep["notes"])
 
 
 def test_pipeline_calibrates_on_bns_by_default_and_reports_it():

@@ -5,7 +5,8 @@ Names:
 - `fp32`: the original model (the reference every row is compared with);
 - `float-{prune}-{comp}`: pruning only, no quantization;
 - `{w}{a}-{calib}-{prune}-{comp}`, e.g. `w4a4-bns-p0.3inner-udfc`: dfc, weights/activations at
-  `w`/`a` bits (first and last layers 8-bit), data-free calibration `calib`;
+  `w`/`a` bits (first and last layers 8-bit), data-free calibration `calib` (gaussian, pink, bns, inception,
+  bns+inception);
 - `ort-{u8|s8}-{gaussian|real}`: ONNX Runtime `quantize_static` (QDQ, per-channel int8 weights, uint8
   or int8 activations), calibrated on Gaussian noise (data-free) or 256 real JPEG images (not data-free).
 
@@ -32,7 +33,7 @@ ORT_BASELINES = ("ort-u8-gaussian", "ort-s8-gaussian", "ort-u8-real", "ort-s8-re
 TARGET_ROWS = ("float-tlat0.6-udfc", "float-tmacs0.5-udfc", "w8a8-bns-tlat0.3-udfc", "w8a8-bns-tsize0.25-udfc")
 TARGET_KEYS = {"lat": "target_latency", "size": "target_size", "macs": "target_macs"}
 
-_DFC = re.compile(r"^(?:w(?P<w>[2-8])a(?P<a>[2-8])-(?P<calib>gaussian|bns|inception|bns\+inception)|float)"
+_DFC = re.compile(r"^(?:w(?P<w>[2-8])a(?P<a>[2-8])-(?P<calib>gaussian|pink|bns|inception|bns\+inception)|float)"
                   r"-(?:p(?P<ratio>0(?:\.\d+)?)(?P<scope>inner|all)?|t(?P<tkind>lat|size|macs)(?P<tval>(?:0\.\d+|1)))"
                   r"-(?P<comp>none|udfc)$")
 _ORT = re.compile(r"^ort-(?P<act>u8|s8)-(?P<calib>gaussian|real)$")

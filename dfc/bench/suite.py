@@ -51,6 +51,12 @@ SHARED_MODELS = {
     "ultraface": ("models/ultraface_slim320.onnx", None, "data/imagenet_sample_200_240x320.npz", (0.498,) * 3,
                   (0.502,) * 3, 64, None),
 }
+# BN-folded versions of the shared models, built into --out/derived (dfc.bench.derived): the same data
+SHARED_MODELS.update({
+    "resnet20_folded": ("derived:resnet20_folded", *SHARED_MODELS["resnet20"][1:]),
+    "resnet56_folded": ("derived:resnet56_folded", *SHARED_MODELS["resnet56"][1:]),
+    "efficientnet_lite0_folded": ("derived:efficientnet_lite0_folded", *SHARED_MODELS["efficientnet_lite0"][1:]),
+})
 DEFAULT_MODELS = ("resnet20", "resnet56")
 
 
@@ -81,16 +87,22 @@ class Settings:
     plots: bool = True
 
 
-def shared_specs(shared: Path, names: list[str]) -> list[ModelSpec]:
+def shared_specs(shared: Path, names: list[str], derived: Path | None = None) -> list[ModelSpec]:
+    """Specs of the named shared models; derived ones (BN-folded) are built into `derived` first."""
+    from dfc.bench import derived as derivations
+
     specs = []
     for name in names:
         if name not in SHARED_MODELS:
             raise DfcError(f"--models: unknown model {name!r}; choose from {', '.join(SHARED_MODELS)}")
         model, acc, fid, mean, std, real, shape = SHARED_MODELS[name]
-        paths = [shared / model, shared / acc if acc else None, shared / fid]
+        source = derivations.source_of(name) if model.startswith("derived:") else model
+        paths = [shared / source, shared / acc if acc else None, shared / fid]
         missing = [str(p) for p in paths if p is not None and not p.exists()]
         if missing:
             raise DfcError(f"--shared {shared}: missing {', '.join(missing)} (see ../shared/README.md)")
+        if model.startswith("derived:"):
+            paths[0] = derivations.build(name, shared, derived or Path.home() / ".cache" / "dfc" / "derived")
         specs.append(ModelSpec(name, *(str(p) if p else None for p in paths), mean, std, real, shape))
     return specs
 
@@ -350,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--out", help="directory for results.json, results.md and the PNG plots (required for a run)")
     ap.add_argument("--quick", action="store_true", help="ResNet-20 and a representative subset (under 10 minutes on 2 cores)")
-    ap.add_argument("--models", help="comma-separated: resnet20, resnet56, efficientnet_lite0, ppocr_cls, ultraface "
-                                     "(default: the two ResNets; "
+    ap.add_argument("--models", help="comma-separated: resnet20, resnet56, efficientnet_lite0, ppocr_cls, ultraface, "
+                                     "and BN-folded exports resnet20_folded, resnet56_folded, "
+                                     "efficientnet_lite0_folded (default: the two ResNets; "
                                      "--quick: resnet20)")
     ap.add_argument("--configs", help="comma-separated names or shell patterns, e.g. 'w4a4-*,ort-*' (default: the whole matrix; "
                                       "--quick: its subset); `--list` shows them")
@@ -393,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, opt) < 1:
             raise DfcError(f"--{opt.replace('_', '-')} must be >= 1")
     names = args.models.split(",") if args.models else (["resnet20"] if args.quick else list(DEFAULT_MODELS))
-    specs = shared_specs(Path(args.shared), [n.strip() for n in names])
+    specs = shared_specs(Path(args.shared), [n.strip() for n in names], derived=Path(args.out) / "derived")
     if not args.no_plots:
         _require_matplotlib()
     settings = Settings(out=Path(args.out), latency_batch=args.latency_batch,
