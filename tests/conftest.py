@@ -39,6 +39,18 @@ def cifar_jpeg():
     return preprocess(images, CIFAR_MEAN, CIFAR_STD), labels
 
 
+@pytest.fixture
+def digits_bench_spec(tmp_path):
+    """The demo model as a benchmark spec, its test split as both the labelled and the fidelity set."""
+    from dfc.bench import ModelSpec
+    from dfc.models.digits_cnn import MEAN, STD, load_digits_split
+
+    d = load_digits_split()
+    data = tmp_path / "digits.npz"
+    np.savez(data, images=d["test_images"], labels=d["test_labels"])
+    return ModelSpec("digits", str(DEMO), str(data), str(data), tuple(MEAN), tuple(STD))
+
+
 @pytest.fixture(scope="session")
 def digits_test():
     from dfc.models.digits_cnn import MEAN, STD, load_digits_split

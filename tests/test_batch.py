@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import DEMO
@@ -107,15 +106,11 @@ def test_batch_on_ray_gives_the_serial_bytes(tmp_path, local_ray, capsys):
     assert local_ray.is_initialized()  # the caller's Ray session is left as it was
 
 
-def test_bench_on_ray_gives_the_serial_rows(tmp_path, digits_test, local_ray):
-    from dfc.bench import ModelSpec, Settings, run
+def test_bench_on_ray_gives_the_serial_rows(tmp_path, digits_bench_spec, local_ray):
+    from dfc.bench import Settings, run
     from dfc.bench.matrix import select
-    from dfc.models.digits_cnn import MEAN, STD, load_digits_split
 
-    d = load_digits_split()
-    data = tmp_path / "digits.npz"
-    np.savez(data, images=d["test_images"], labels=d["test_labels"])
-    spec = ModelSpec("digits", str(DEMO), str(data), str(data), tuple(MEAN), tuple(STD))
+    spec = digits_bench_spec
     configs = select("ort-u8-gaussian,ort-s8-real,w8a8-gaussian-p0-udfc,w4a4-bns-p0-udfc,float-p0.3inner-udfc,"
                      "w6a6-bns-p0.3inner-udfc", quick=False)
     results = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from conftest import DEMO
@@ -65,14 +64,10 @@ def test_shared_calibration_set_gives_the_same_model_as_optimize():
         assert own.graph.SerializeToString() == shared.graph.SerializeToString()  # metadata names the source
 
 
-def test_bench_run_on_the_digits_model(tmp_path, digits_test):
-    from dfc.bench import ModelSpec, Settings, run
-    from dfc.models.digits_cnn import MEAN, STD, load_digits_split
+def test_bench_run_on_the_digits_model(tmp_path, digits_bench_spec):
+    from dfc.bench import Settings, run
 
-    d = load_digits_split()
-    data = tmp_path / "digits.npz"
-    np.savez(data, images=d["test_images"], labels=d["test_labels"])
-    spec = ModelSpec("digits", str(DEMO), str(data), str(data), tuple(MEAN), tuple(STD))
+    spec = digits_bench_spec
     configs = select("ort-u8-gaussian,ort-s8-real,w8a8-gaussian-p0-udfc,w4a4-bns-p0-udfc,float-p0.3inner-none,"
                      "float-p0.3inner-udfc", quick=False)
     out = tmp_path / "bench"
