@@ -37,6 +37,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfc import ir, pairwise, probe
+from dfc.bn_stats import ESTIMATED
 from dfc.channel_budget import LayerCosts, aligned_keep, pick_chunks
 from dfc.channels import ChannelAnalysis, Group
 from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
@@ -65,7 +66,7 @@ def filter_scores(node: gs.Node, criterion: str, bn_stats=None) -> np.ndarray:
     rows = ir.weight_rows(node, w)
     if criterion == "l1-prebn":
         st = (bn_stats or {}).get(node.outputs[0].name)
-        if st is not None and st.channels == rows.shape[0]:
+        if st is not None and st.source != ESTIMATED and st.channels == rows.shape[0]:
             rows = rows / np.maximum(np.abs(st.gamma / np.sqrt(st.var + st.eps)), 1e-12)[:, None]
         return np.abs(rows).sum(1)
     if criterion == "l2":
@@ -376,7 +377,7 @@ class Prune(Pass):
         if not start:
             ctx.note(f"prune: no channel group is prunable in scope {scope!r}; nothing was pruned")
             return graph, {"groups_in_scope": 0, "groups_removed": 0, "pairs_merged": 0, "steps": 0}
-        if o["criterion"] == "l1-prebn" and not ctx.bn_stats:
+        if o["criterion"] == "l1-prebn" and not ctx.bn_stats.measured():
             ctx.note("prune: --criterion l1-prebn needs BN statistics and the model has none; ranking by l1 of the folded filters")
         n0 = Counter(g.family for g in start)
         removed: Counter = Counter()

@@ -213,15 +213,19 @@ def test_pairwise_dense_pruning_beats_l1_removal(digits_mlp):
     model, x, y = digits_mlp
     acc = lambda m: float((run(m, x).argmax(1) == y).mean())  # noqa: E731
     paired, rep = prune(model, prune=0.5, criterion="paoding", prune_rank="uniform")
-    plain, _ = prune(model, prune=0.5, criterion="l1", prune_rank="uniform")
+    plain, _ = prune(model, prune=0.5, criterion="l1", prune_rank="uniform", compensate="none")
+    # UDFC on this BN-less MLP reads the channel moments measured on synthetic samples (passes/moments.py)
+    compensated, crep = prune(model, prune=0.5, criterion="l1", prune_rank="uniform")
+    assert "estimate-moments" in crep["passes"]
     r = rep["passes"]["prune"]
     assert r["pairs_merged"] == 64 and r["pairwise_layers"] == 2
     hidden = {row["name"]: (row["channels_before"], row["channels_after"]) for row in r["layers"]}
     assert sorted(hidden.values()) == [(10, 10), (64, 32), (64, 32)]
     assert not any("saliency only" in n for n in rep["notes"])  # interval impact terms were used
-    before, after_pair, after_l1 = acc(model), acc(paired), acc(plain)
-    print(f"digits MLP 50 % of hidden neurons: fp32 {before:.4f}, pair-wise {after_pair:.4f}, lowest-L1 removal {after_l1:.4f}")
-    assert after_pair > after_l1
+    before, after_pair, after_l1, after_udfc = acc(model), acc(paired), acc(plain), acc(compensated)
+    print(f"digits MLP 50 % of hidden neurons: fp32 {before:.4f}, pair-wise {after_pair:.4f}, lowest-L1 removal "
+          f"{after_l1:.4f}, lowest-L1 + UDFC on measured moments {after_udfc:.4f}")
+    assert after_pair > after_l1 and after_udfc > after_l1
 
 
 def test_pair_merge_moves_the_outgoing_weights():
