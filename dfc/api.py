@@ -201,14 +201,7 @@ def _synthesize_pass(o: dict, method: str, fallback: bool = False):
 
 def calibration_method(o: dict, ctx: Context, model: onnx.ModelProto) -> str:
     """--calib, else the best source the model allows (`calibration.best_available_method`)."""
-    return o["calib"] or calibration.best_available_method(ctx.bn_stats_found, _classifier(model))
-
-
-def _classifier(model: onnx.ModelProto) -> bool:
-    """The first output is [N, classes] (classes > 1 or symbolic): its argmax is a class the inception scheme can
-    target."""
-    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
-    return len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value < 2)
+    return o["calib"] or calibration.best_available_method(ctx.bn_stats_found, calibration.is_classifier(model))
 
 
 def build_passes(o: dict, ctx: Context, model: onnx.ModelProto) -> list:

@@ -40,6 +40,13 @@ def best_available_method(bn_stats_found: bool, classifier: bool = True) -> str:
     return "bns" if bn_stats_found else "inception" if classifier else "pink"
 
 
+def is_classifier(model: onnx.ModelProto) -> bool:
+    """The first output is [N, classes] (classes > 1 or symbolic): its argmax is a class the inception scheme can
+    target."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+    return len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value < 2)
+
+
 def noise_samples(method: str, shape: tuple[int, ...], n: int, rng: np.random.Generator, input_range=None) -> np.ndarray:
     """Samples of a NOISE_METHODS source."""
     return {"gaussian": gaussian_samples, "pink": pink_samples}[method](shape, n, rng, input_range)

@@ -42,12 +42,10 @@ def test_default_source_follows_the_graph():
     assert calibration.best_available_method(True) == "bns"
     assert calibration.best_available_method(False, classifier=True) == "inception"
     assert calibration.best_available_method(False, classifier=False) == "pink"
-    from dfc.api import _classifier
-
-    assert _classifier(_folded())  # [N, 4]
+    assert calibration.is_classifier(_folded())  # [N, 4]
     det = _folded()
     det.graph.output[0].type.tensor_type.shape.dim.add().dim_value = 1  # [N, 4, 1]: not a class vector
-    assert not _classifier(det)
+    assert not calibration.is_classifier(det)
 
 
 def test_bn_less_quantization_synthesizes_by_inception_and_says_how_to_keep_bn():
