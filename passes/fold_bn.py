@@ -23,7 +23,8 @@ from dfc.pipeline import Context, Pass, register
 NO_BN_NOTE = (
     "no BatchNormalization statistics (no BN nodes, no dfc metadata: a BN-folded export?): synthetic samples come from "
     "the inception scheme (classifiers) or pink noise instead of BNS, and pruning reads each layer's channel moments "
-    "as measured on them. Exported with BatchNorm kept, dfc synthesizes from the statistics and does better: "
+    "as measured on the synthesized samples (on Gaussian noise where none are synthesized). Exported with BatchNorm "
+    "kept, dfc synthesizes from the statistics and does better: "
     "dfc.export(module, example_input, path), or torch.onnx.export(..., dynamo=False, "
     "training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)"
 )
