@@ -94,13 +94,18 @@ def test_batch_on_ray_gives_the_serial_bytes(tmp_path, local_ray, capsys):
     inputs = _zoo(tmp_path)
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
     assert main(["batch", *inputs, "-o", str(serial), "-q", *FAST]) == 2
-    assert main(["batch", *inputs, "-o", str(on_ray), "--ray", "auto", *FAST]) == 2
+    quantized = tmp_path / "zoo" / "quantized.onnx"  # reads fine, refused inside its task: already quantized
+    shutil.copy(serial / "a.onnx", quantized)
+    assert main(["batch", *inputs, str(quantized), "-o", str(on_ray), "--ray", "auto", *FAST]) == 2
     out = capsys.readouterr()
-    assert "1 of 3 model(s) failed" in out.err and "tasks of 2 CPUs on Ray (auto)" in out.out
+    assert "2 of 4 model(s) failed" in out.err and "tasks of 2 CPUs on Ray (auto)" in out.out
     for name in ("a.onnx", "b.onnx"):
         assert (on_ray / name).read_bytes() == (serial / name).read_bytes()
     summary = json.loads((on_ray / "summary.json").read_text())
-    assert summary["runner"].startswith("Ray (auto): 1 node(s), 2 CPUs") and summary["failed"] == 1
+    assert summary["runner"].startswith("Ray (auto): 1 node(s), 2 CPUs") and summary["failed"] == 2
+    refused = [r for r in summary["models"] if r["input"].endswith("quantized.onnx")][0]
+    assert "already quantized" in refused["error"] and not refused["internal"] and " pid " in refused["ran_on"]
+    assert not (on_ray / "quantized.onnx").exists()
     pids = {r["ran_on"] for r in summary["models"] if "error" not in r}
     assert pids and all(p.split(" pid ")[1] != str(__import__("os").getpid()) for p in pids)  # in Ray workers
     assert local_ray.is_initialized()  # the caller's Ray session is left as it was
