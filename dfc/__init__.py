@@ -14,8 +14,8 @@ def optimize(model_or_path, **options):
 
 def calibration_reader(model_or_path, batch: int = 64, **options):
     """An ONNX Runtime CalibrationDataReader over dfc's synthetic samples (data-free `quantize_static`); see
-    `dfc.ort_reader.calibration_reader`."""
-    from dfc.ort_reader import calibration_reader as _reader
+    `dfc.synth.ort_reader.calibration_reader`."""
+    from dfc.synth.ort_reader import calibration_reader as _reader
 
     return _reader(model_or_path, batch=batch, **options)
 

@@ -11,14 +11,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dfc import calibration
-from dfc import quant_math as qm
+
+from dfc.quant import activation_ranges
+from dfc.synth import sample_sources
+from dfc.quant import quant_math as qm
 from dfc.errors import DfcError
-from dfc.modelio import as_model, check_model
-from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
+from dfc.graph.modelio import as_model, check_model
+from dfc.compensate.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
 from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
-from dfc.finetune import METHODS as FINETUNE_METHODS
-from dfc.finetune import FinetuneConfig
+from dfc.finetune.train import METHODS as FINETUNE_METHODS
+from dfc.finetune.train import FinetuneConfig
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
 
 DEFAULTS: dict[str, Any] = {
@@ -28,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "prune_step": 0.05,
     "prune_rank": "auto",  # uniform | global | auto (both, the one closer to the model on the probe inputs kept)
     "prune_global": False,  # the same as prune_rank="global"
-    "channel_multiple": None,  # None: the block of ORT's NCHWc conv kernels on this CPU (dfc.runtime.nchwc_block); 1: off
+    "channel_multiple": None,  # None: the block of ORT's NCHWc conv kernels on this CPU (dfc.measure.runtime.nchwc_block); 1: off
     "target_latency": None,  # ratios against the original: prune until the measured target is met (passes/prune.py)
     "target_size": None,
     "target_macs": None,
@@ -50,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "calibrator": "mse",
     "bias_correction": True,  # correct each quantized layer's mean output shift (on the calibration samples)
     "save_calib": None,  # path: keep the calibration samples (.npz, key `x`)
-    "inverter_steps": None,  # None: from the inverter's work budget (dfc.inverter.Inverter.plan), at most 200
+    "inverter_steps": None,  # None: from the inverter's work budget (dfc.synth.inverter.Inverter.plan), at most 200
     "inverter_batch": None,  # None: all samples in one batch
     "inverter_size": None,  # side of the first synthesis phase; None: from the model's cost
     "inverter_refine_steps": 0,  # steps at full size after a smaller synthesis size
@@ -60,13 +62,13 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "input_mean": None,
     "input_std": None,
-    "input_shape": None,  # N,C,H,W: the shape to work at where the model's input dims are symbolic (dfc.signature)
-    "finetune": None,  # kd | blocks: train the compressed graph against the float one on the samples (dfc.finetune)
+    "input_shape": None,  # N,C,H,W: the shape to work at where the model's input dims are symbolic (dfc.graph.signature)
+    "finetune": None,  # kd | blocks: train the compressed graph against the float one on the samples (dfc.finetune.train)
     "finetune_steps": None,  # None: from the fine-tuning time budget (kd: total steps; blocks: per block)
     "finetune_time": None,  # seconds the default steps fill, predicted for 2 CPU cores (None: FinetuneConfig's 300 s)
     "finetune_batch": 32,
     "finetune_lr": None,  # None: the method's default
-    "finetune_step_lr": None,  # kd: quantized weights' lr in quantization steps (None: dfc.finetune.DEFAULT_STEP_LR)
+    "finetune_step_lr": None,  # kd: quantized weights' lr in quantization steps (None: dfc.finetune.train.DEFAULT_STEP_LR)
     "debug": False,
     "measure": True,  # fidelity probe + latency in the report
     "probe_samples": 64,
@@ -119,7 +121,7 @@ def resolve_options(options: dict) -> dict:
         if float(o["prune"]) > 0:
             raise DfcError(f"--prune and --{key.replace('_', '-')} are exclusive: the target decides how much is pruned")
     if o["channel_multiple"] is None:
-        from dfc.runtime import nchwc_block
+        from dfc.measure.runtime import nchwc_block
 
         o["channel_multiple"] = nchwc_block() or 1
     if not isinstance(o["channel_multiple"], (int, np.integer)) or int(o["channel_multiple"]) < 1:
@@ -167,9 +169,9 @@ def resolve_options(options: dict) -> dict:
                                          not all(isinstance(v, (int, np.integer)) and v >= 1 for v in o["input_shape"])):
         raise DfcError(f"--input-shape must be integers >= 1 (N,C,H,W), got {o['input_shape']!r}")
     if o["calib"] is not None:
-        calibration.check_method(o["calib"])
-    if o["calibrator"] not in calibration.CALIBRATORS:
-        raise DfcError(f"--calibrator must be one of {', '.join(calibration.CALIBRATORS)}, got {o['calibrator']!r}")
+        sample_sources.check_method(o["calib"])
+    if o["calibrator"] not in activation_ranges.CALIBRATORS:
+        raise DfcError(f"--calibrator must be one of {', '.join(activation_ranges.CALIBRATORS)}, got {o['calibrator']!r}")
     if not isinstance(o["prune_step"], (int, float)) or not 0.0 < float(o["prune_step"]) <= 1.0:
         raise DfcError(f"--prune-step must be in (0, 1], got {o['prune_step']!r}")
     for key in ("inverter_steps", "inverter_batch", "inverter_copies", "calib_samples", "inverter_size"):
@@ -180,7 +182,7 @@ def resolve_options(options: dict) -> dict:
     if not isinstance(o["inverter_lr"], (int, float)) or not 0 < float(o["inverter_lr"]) < float("inf"):
         raise DfcError(f"--inverter-lr must be a positive number, got {o['inverter_lr']!r}")
     if o["device"] is not None:
-        from dfc.inverter import pick_device
+        from dfc.synth.inverter import pick_device
 
         try:
             pick_device(str(o["device"]))
@@ -200,8 +202,8 @@ def _synthesize_pass(o: dict, method: str, fallback: bool = False):
 
 
 def calibration_method(o: dict, ctx: Context, model: onnx.ModelProto) -> str:
-    """--calib, else the best source the model allows (`calibration.best_available_method`)."""
-    return o["calib"] or calibration.best_available_method(ctx.bn_stats_found, calibration.is_classifier(model))
+    """--calib, else the best source the model allows (`sample_sources.best_available_method`)."""
+    return o["calib"] or sample_sources.best_available_method(ctx.bn_stats_found, sample_sources.is_classifier(model))
 
 
 def build_passes(o: dict, ctx: Context, model: onnx.ModelProto) -> list:
@@ -215,7 +217,7 @@ def build_passes(o: dict, ctx: Context, model: onnx.ModelProto) -> list:
     # without BN statistics pruning's probe and moments come from synthetic samples too (passes/moments.py)
     if (uses_samples(o) or (pruning and not ctx.bn_stats_found)) and o["calib_data"] is None:
         calib = calibration_method(o, ctx, model)
-        if calib not in calibration.NOISE_METHODS:
+        if calib not in sample_sources.NOISE_METHODS:
             passes.append(_synthesize_pass(o, calib, fallback=o["calib"] is None))
     if pruning and not ctx.bn_stats_found:
         passes.append(get_pass("estimate-moments"))
@@ -260,7 +262,7 @@ def _finetune_pass(o: dict, stage: str | None = None):
 
 def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dict]:
     """Run the pipeline; returns (optimized model, report dict). The input is never modified."""
-    from dfc.stats import model_summary
+    from dfc.graph.stats import model_summary
 
     o = resolve_options(options)
     original = as_model(model_or_path)
@@ -316,7 +318,7 @@ def _context(original: onnx.ModelProto, o: dict) -> Context:
     """The run's context: seed, debug, BN statistics from the model, checked input normalisation."""
     ctx = context_from_model(original, seed=int(o["seed"]), debug=bool(o["debug"]))
     if o["input_mean"] is not None or o["input_std"] is not None:
-        from dfc.validation import check_normalisation
+        from dfc.measure.validation import check_normalisation
 
         mean = np.asarray(o["input_mean"], np.float32).ravel() if o["input_mean"] is not None else None
         std = np.asarray(o["input_std"], np.float32).ravel() if o["input_std"] is not None else None
@@ -327,8 +329,8 @@ def _context(original: onnx.ModelProto, o: dict) -> Context:
 
 
 def _prepared(original: onnx.ModelProto, o: dict, ctx: Context) -> onnx.ModelProto:
-    """The input checked before any work (dfc.preflight) and, when quantizing, lifted to opset 13 if older."""
-    from dfc import preflight
+    """The input checked before any work (dfc.graph.preflight) and, when quantizing, lifted to opset 13 if older."""
+    from dfc.graph import preflight
 
     quantizing = not o["no_quant"]
     preflight.check_input(original, quantizing)
@@ -343,7 +345,7 @@ def _prepared(original: onnx.ModelProto, o: dict, ctx: Context) -> onnx.ModelPro
 def _work_model(original: onnx.ModelProto, o: dict, ctx: Context):
     """(the original's `Signature`, the model the passes work on: checked, lifted for QDQ, batch-free, its free
     dims to be set by `cleanup` from `ctx.input_shape`)."""
-    from dfc.signature import Signature
+    from dfc.graph.signature import Signature
 
     signature = Signature.of(original)
     ctx.input_shape = signature.work_shape(o["input_shape"], o["calib_data"]) if signature.reshaped else None
@@ -364,11 +366,11 @@ def calibration_set(model_or_path, **options) -> tuple[np.ndarray, dict]:
     _, original = _work_model(original, {**o, "no_quant": False}, ctx)
     method = calibration_method(o, ctx, original)
     t0 = time.perf_counter()
-    if method in calibration.NOISE_METHODS:
-        from dfc import ir
+    if method in sample_sources.NOISE_METHODS:
+        from dfc.graph import ir
 
-        shape = ctx.input_shape or calibration.input_spec(ir.import_graph(original))[1]
-        x, info = calibration.noise_samples(method, shape, int(o["calib_samples"] or GAUSSIAN_SAMPLES), ctx.rng(salt=1),
+        shape = ctx.input_shape or sample_sources.input_spec(ir.import_graph(original))[1]
+        x, info = sample_sources.noise_samples(method, shape, int(o["calib_samples"] or GAUSSIAN_SAMPLES), ctx.rng(salt=1),
                                             ctx.sample_range()), {}
     else:
         PassManager([get_pass("cleanup"), get_pass("fold-bn"), _synthesize_pass(o, method)], debug=o["debug"]).run(original, ctx)
@@ -384,7 +386,7 @@ def _check_save_calib(o: dict, ctx: Context, model: onnx.ModelProto) -> None:
     if not path:
         return
     method = calibration_method(o, ctx, model)
-    if not uses_samples(o) or o["calib_data"] is not None or method in calibration.NOISE_METHODS:
+    if not uses_samples(o) or o["calib_data"] is not None or method in sample_sources.NOISE_METHODS:
         why = "--no-quant" if not uses_samples(o) else "--calib-data" if o["calib_data"] is not None else (
             f"--calib {method}" if o["calib"] else f"the model has no BatchNorm statistics nor a classifier output, so "
                                                    f"calibration uses {method} noise")
@@ -396,7 +398,7 @@ def _check_save_calib(o: dict, ctx: Context, model: onnx.ModelProto) -> None:
 
 def save_calibration(path, ctx: Context) -> None:
     """The calibration samples of this run as .npz (key `x`, float32 model inputs), written atomically."""
-    from dfc.modelio import atomic_target
+    from dfc.graph.modelio import atomic_target
 
     if ctx.calibration is None:
         raise DfcError(f"--save-calib {path}: this run synthesized no calibration samples (a noise source, --calib-data or "
@@ -408,7 +410,7 @@ def save_calibration(path, ctx: Context) -> None:
 def load_calibration(path, mean=None, std=None) -> np.ndarray:
     """Calibration inputs from .npz: key `x` (float32 model inputs, as --save-calib writes), or
     `images` (uint8 NHWC, normalised with mean/std)."""
-    from dfc.validation import preprocess
+    from dfc.measure.validation import preprocess
 
     try:
         with np.load(path) as d:
@@ -441,17 +443,17 @@ def _input_channels(model: onnx.ModelProto) -> int | None:
 
 def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context, o: dict) -> dict:
     """Fidelity on a Gaussian probe batch and the ORT latency ratio, both against the original."""
-    from dfc import ir
-    from dfc.latency import median_latencies
-    from dfc.validation import output_fidelity, outputs_of
+    from dfc.graph import ir
+    from dfc.measure.latency import median_latencies
+    from dfc.measure.validation import output_fidelity, outputs_of
 
     try:
-        shape = ctx.input_shape or calibration.input_spec(ir.import_graph(original))[1]
+        shape = ctx.input_shape or sample_sources.input_spec(ir.import_graph(original))[1]
     except DfcError as e:
         ctx.note(f"no fidelity/latency measurement: {e}")
         return {"notes": list(ctx.notes)}
     n = int(o["probe_samples"])
-    x = calibration.gaussian_samples(shape, n, ctx.rng(salt=2), ctx.sample_range())
+    x = sample_sources.gaussian_samples(shape, n, ctx.rng(salt=2), ctx.sample_range())
     per = output_fidelity(outputs_of(original, x), outputs_of(optimized, x))
     first = next(iter(per.values()))
     fid = {k: first[k] for k in ("agreement", "mean_kl", "max_abs_diff") if k in first}

@@ -64,7 +64,7 @@ def compress(model: onnx.ModelProto, options: dict) -> dict:
 
 def finish(job: Job, result: dict) -> dict:
     """Write a compressed model and its report (atomically); return the model's summary row."""
-    from dfc.modelio import save_model_atomic
+    from dfc.graph.modelio import save_model_atomic
     from dfc.report import write_json_atomic
 
     row = {"input": job.input, "output": None, "ran_on": result.get("ran_on"), "seconds": result.get("seconds", 0.0)}
@@ -91,7 +91,7 @@ def run(inputs: list[str], outdir: str | Path, options: dict, ray_address: str |
     per model reserving the CPUs its latency measurement times on. Returns the summary (also in OUTDIR)."""
     from dfc.api import DEFAULTS
     from dfc.distributed import where
-    from dfc.modelio import load_model
+    from dfc.graph.modelio import load_model
 
     outdir = Path(outdir)
     jobs = plan(inputs, outdir)
@@ -179,7 +179,7 @@ def summary_text(summary: dict, markdown: bool = False) -> str:
 
 
 def write_summary(summary: dict, outdir: Path) -> None:
-    from dfc.modelio import write_bytes_atomic
+    from dfc.graph.modelio import write_bytes_atomic
     from dfc.report import write_json_atomic
 
     write_json_atomic(summary, outdir / "summary.json")

@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_optimize_options(o: argparse.ArgumentParser) -> None:
     """The options of `dfc optimize` that `dfc batch` shares (everything but the input/output files)."""
-    from dfc.calibration import CALIB_METHODS
-    from dfc.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
+    from dfc.synth.sample_sources import CALIB_METHODS
+    from dfc.compensate.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
     from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
 
     o.add_argument("--prune", type=float, help="fraction of the scope's channels to remove, in [0, 1) (default 0)")
@@ -217,7 +217,7 @@ def _guarded(run, debug: bool) -> int:
 def cmd_optimize(args) -> int:
     from dfc import progress
     from dfc.api import optimize_with_report
-    from dfc.modelio import load_model, save_model_atomic
+    from dfc.graph.modelio import load_model, save_model_atomic
     from dfc.report import summary_table, write_json_atomic
 
     src, dst = Path(args.input), Path(args.output)
@@ -239,7 +239,7 @@ def cmd_optimize(args) -> int:
 def optimize_options(args) -> dict:
     """The keyword arguments of `dfc.optimize_with_report` from the shared optimize options (checked together)."""
     from dfc.api import DEFAULTS, load_calibration, uses_samples
-    from dfc.validation import parse_floats, parse_ints
+    from dfc.measure.validation import parse_floats, parse_ints
 
     if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits)):
         raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits")
@@ -302,13 +302,13 @@ def cmd_batch(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from dfc.modelio import load_model
+    from dfc.graph.modelio import load_model
     from dfc.pipeline import context_from_model
-    from dfc.validation import (check_input_shape, check_normalisation, fidelity_lines, is_classifier_output,
+    from dfc.measure.validation import (check_input_shape, check_normalisation, fidelity_lines, is_classifier_output,
                                 load_eval_data, output_fidelity, outputs_of, parse_floats, preprocess, top1)
 
     if args.fgsm:
-        from dfc.adversarial import parse_eps
+        from dfc.measure.adversarial import parse_eps
 
         parse_eps(args.fgsm)  # a bad ε fails before any work
     model = load_model(args.model)
@@ -347,7 +347,7 @@ def cmd_eval(args) -> int:
         lines.append(f"fidelity to {args.reference} on {result['n']} images:")
         lines += ["  " + line for line in fidelity_lines(result["outputs"])]
     if args.fgsm:
-        from dfc.adversarial import fgsm_eval, parse_eps
+        from dfc.measure.adversarial import fgsm_eval, parse_eps
 
         result.update(fgsm_eval(model, x, labels, parse_eps(args.fgsm), mean, std, ref if args.reference else None))
         for r in result["fgsm"]:
@@ -365,12 +365,11 @@ def cmd_eval(args) -> int:
 
 def cmd_bns_score(args) -> int:
     from dfc.api import load_calibration
-    from dfc.inverter import score
-    from dfc.modelio import load_model
+    from dfc.synth.inverter import score
+    from dfc.graph.modelio import load_model
     from dfc.pipeline import PassManager, context_from_model
-    from dfc.validation import check_input_shape, parse_floats
-
-    from dfc.adversarial import parse_eps
+    from dfc.measure.validation import check_input_shape, parse_floats
+    from dfc.measure.adversarial import parse_eps
 
     eps_list = parse_eps(args.fgsm) if args.fgsm else None
     model = load_model(args.model)
@@ -388,8 +387,8 @@ def cmd_bns_score(args) -> int:
               "bn_layers": len(ctx.bn_stats)}
     print(f"J_KL {value:.5f} ({len(x)} samples, batches of {args.batch}, {len(ctx.bn_stats)} BN layers + the input)")
     if eps_list:
-        from dfc.adversarial import fgsm, input_gradients
-        from dfc.validation import logits_of
+        from dfc.measure.adversarial import fgsm, input_gradients
+        from dfc.measure.validation import logits_of
 
         if mean is None or std is None:
             raise DfcError("--fgsm needs the input normalisation (--mean/--std or the model's dfc metadata)")
@@ -412,9 +411,9 @@ def _labels_of(path) -> np.ndarray | None:
 
 
 def cmd_inspect(args) -> int:
-    from dfc.modelio import load_model
+    from dfc.graph.modelio import load_model
     from dfc.report import human, layer_table
-    from dfc.stats import layer_stats, model_summary, rows_as_dicts
+    from dfc.graph.stats import layer_stats, model_summary, rows_as_dicts
 
     model = load_model(args.model)
     rows = rows_as_dicts(layer_stats(model))

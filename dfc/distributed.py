@@ -1,7 +1,7 @@
 """Ray for `dfc batch --ray` and `dfc bench --ray` (the optional extra `dfc[distributed]`); only this module imports it.
 
 Every unit of work is a Ray task that reserves `cpus` logical CPUs, and dfc's work in it stays within them: torch runs
-that many threads (`dfc.runtime.cpu_threads` reads the reservation) and ORT timings use as many intra-op threads. Ray
+that many threads (`dfc.measure.runtime.cpu_threads` reads the reservation) and ORT timings use as many intra-op threads. Ray
 admits tasks on a node only while their reservations fit its CPUs, so timed sessions never share cores with other
 tasks' threads (Ray does not pin tasks to cores: the OS spreads the threads, as it does for one process).
 
@@ -41,7 +41,7 @@ def _in_task(fn: Callable, cpus: int, *args):
     import logging
 
     from dfc import progress
-    from dfc.runtime import CPUS_ENV
+    from dfc.measure.runtime import CPUS_ENV
 
     os.environ[CPUS_ENV] = str(cpus)
     import torch

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from dfc import ir
-from dfc.bn_stats import METADATA_KEY, BNStatsStore
+from dfc.graph import ir
+from dfc.graph.bn_stats import METADATA_KEY, BNStatsStore
 from dfc.errors import DfcError
 
 log = logging.getLogger("dfc")
@@ -58,7 +58,7 @@ class Context:
     input_mean: np.ndarray | None = None  # per-channel, of the pixel in [0, 1]
     input_std: np.ndarray | None = None
     input_shape: tuple[int, ...] | None = None  # per-sample input dims the work uses where the model leaves them free
-    fixed_batch: int | None = None  # the batch a fixed-batch export baked in, worked on batch-free (dfc.signature)
+    fixed_batch: int | None = None  # the batch a fixed-batch export baked in, worked on batch-free (dfc.graph.signature)
     results: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
@@ -158,7 +158,7 @@ class PassManager:
             if not p.skipped:  # a second pass of one name that did nothing keeps the first one's time
                 ctx.results.setdefault(p.name, {})["seconds"] = round(time.perf_counter() - t0, 3)
             if ctx.debug:
-                from dfc.modelio import check_model
+                from dfc.graph.modelio import check_model
 
                 check_model(self._export(graph, model, ctx), what=f"model after pass {p.name!r}")
         return self._export(graph, model, ctx)

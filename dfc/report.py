@@ -60,7 +60,7 @@ def summary_table(report: dict) -> str:
             out.append(f"{head}: top-1 agreement {100 * fid['agreement']:.1f} %, mean KL {fid['mean_kl']:.4f}, "
                        f"max |dlogit| {fid['max_abs_diff']:.4f}")
         else:
-            from dfc.validation import fidelity_lines
+            from dfc.measure.validation import fidelity_lines
 
             out += [f"{head}:"] + ["  " + line for line in fidelity_lines(per)]
     out += _target_lines(report)
@@ -162,7 +162,7 @@ def layer_table(rows: list[dict]) -> str:
 
 
 def write_json_atomic(obj: dict, path: str | os.PathLike) -> None:
-    from dfc.modelio import write_bytes_atomic
+    from dfc.graph.modelio import write_bytes_atomic
 
     write_bytes_atomic((json.dumps(obj, indent=2, default=_jsonable) + "\n").encode(), path)
 

@@ -6,12 +6,12 @@ Exact. Steps:
    onnx-graphsurgeon's `fold_constants` (ORT underneath) - a well-kept implementation of exactly
    this, rather than a hand-written evaluator;
 2. every unnamed node gets a unique name (`<Op>_<k>`), so errors and reports can name it;
-3. the exporter idioms of `dfc.rewrite.RULES` rewritten (Identity/Dropout bypassed, ReduceMean -> GlobalAveragePool,
+3. the exporter idioms of `dfc.graph.rewrite.RULES` rewritten (Identity/Dropout bypassed, ReduceMean -> GlobalAveragePool,
    zero Pad folded into the Conv that reads it, the dynamic-batch flatten's shape arithmetic -> a constant shape,
    hard-swish/hard-sigmoid in one form, a Conv's bias Add into the Conv);
-4. with a fixed-batch export worked on batch-free (`ctx.fixed_batch`, `dfc.signature`) the Reshapes that baked the
-   batch in read 0 there instead (`dfc.rewrite.batch_free_reshape`);
-5. the input's free dims set to the work's shape (`ctx.input_shape`, from `--input-shape`; `dfc.signature`) after
+4. with a fixed-batch export worked on batch-free (`ctx.fixed_batch`, `dfc.graph.signature`) the Reshapes that baked the
+   batch in read 0 there instead (`dfc.graph.rewrite.batch_free_reshape`);
+5. the input's free dims set to the work's shape (`ctx.input_shape`, from `--input-shape`; `dfc.graph.signature`) after
    the folding, so that no shape arithmetic is folded with them.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from dfc import ir, rewrite
+from dfc.graph import ir, rewrite
 from dfc.pipeline import Context, Pass, register
 
 

@@ -2,7 +2,7 @@
 
 `snapshot` keeps a copy of the graph as it is at that point of the pipeline (`ctx.snapshots[key]`): `dfc optimize
 --finetune` takes one after `fold-bn` (the teacher: the unpruned float graph) and one before `quantize` (the float
-weights the codes are rounded from). `finetune` (dfc.finetune) trains the current graph, QDQ or float, towards the
+weights the codes are rounded from). `finetune` (dfc.finetune.train) trains the current graph, QDQ or float, towards the
 teacher on `ctx.calibration` and writes the weights back into the same graph form. Lossy; reports the output KL
 divergence to the teacher on the samples before and after.
 
@@ -20,9 +20,9 @@ from dataclasses import asdict, fields
 
 import onnx_graphsurgeon as gs
 
-from dfc import ir
+from dfc.graph import ir
 from dfc.errors import DfcError
-from dfc.finetune import FinetuneConfig, finetune, is_pruned
+from dfc.finetune.train import FinetuneConfig, finetune, is_pruned
 from dfc.pipeline import Context, Pass, register
 
 PRUNED_FLOAT = "pruned-float"  # train a pruned graph in float, before quantization
@@ -82,7 +82,7 @@ class Finetune(Pass):
         return ir.import_graph(tuned)
 
     def _samples(self, graph: gs.Graph, ctx: Context):
-        from dfc import calibration
+        from dfc.synth import sample_sources
 
         if self.options["samples"] is not None:
             return self.options["samples"], "user data"
@@ -90,6 +90,6 @@ class Finetune(Pass):
             return ctx.calibration, ctx.calibration_source
         ctx.note("finetune: no synthesized samples (--calib gaussian or pink, or the inverter could not run the "
                  "model): training on Gaussian noise, which carries little of the data's structure")
-        _, shape = calibration.input_spec(graph)
-        return calibration.gaussian_samples(shape, int(self.options["gaussian_samples"]), ctx.rng(salt=1),
+        _, shape = sample_sources.input_spec(graph)
+        return sample_sources.gaussian_samples(shape, int(self.options["gaussian_samples"]), ctx.rng(salt=1),
                                             ctx.sample_range()), "gaussian"

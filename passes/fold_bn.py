@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfc import ir
-from dfc.bn_stats import BNStats
+from dfc.graph import ir
+from dfc.graph.bn_stats import BNStats
 from dfc.errors import DfcError
 from dfc.pipeline import Context, Pass, register
 

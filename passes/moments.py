@@ -2,8 +2,8 @@
 graph that has none (BN folded at export).
 
 Data-free pruning reads each layer's output distribution from BN statistics, y ~ N(β, γ²) per channel: UDFC's
-BN-moment loss, the moments where a pruned group's consumers read it (`dfc.sink_moments`), the mean a removed residual
-branch leaves behind (`dfc.branches`). Without BN in the graph the same two numbers are measured: the mean and
+BN-moment loss, the moments where a pruned group's consumers read it (`dfc.compensate.sink_moments`), the mean a removed residual
+branch leaves behind (`dfc.prune.branches`). Without BN in the graph the same two numbers are measured: the mean and
 standard deviation of every Conv/Gemm output channel over the run's synthetic samples (`ctx.calibration`; Gaussian
 noise when there are none), stored as `BNStats` with β = mean, γ = std and ε = 0, so that `output_mean_std` returns
 them as measured. They are marked `ESTIMATED` and never written into the output's metadata: they are not statistics a
@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfc import calibration, ir, probe
-from dfc.bn_stats import ESTIMATED, BNStats
+from dfc.measure import channel_stats, probe
+from dfc.graph import ir
+from dfc.graph.bn_stats import ESTIMATED, BNStats
 from dfc.pipeline import Context, Pass, register
 
 SAMPLES = 256
@@ -34,7 +35,7 @@ class EstimateMoments(Pass):
         names = [n.outputs[0].name for n in graph.nodes if n.op in ("Conv", "Gemm") and n.outputs[0].name not in ctx.bn_stats]
         if x is None or not names:
             return graph
-        moments = calibration.channel_moments(ir.export_model(graph), names, x, progress="channel moments")
+        moments = channel_stats.channel_moments(ir.export_model(graph), names, x, progress="channel moments")
         for name, (mean, std) in moments.items():
             c = len(mean)
             ctx.bn_stats[name] = BNStats(np.zeros(c, np.float32), np.ones(c, np.float32), std.astype(np.float32),

@@ -6,22 +6,22 @@
    layer's groups are gone (uniform), or R of all groups ranked together (`global_rank`; "auto": both, checked
    on the probe, see below). The
    graph is re-analysed and the groups re-ranked after every step.
-With a target and `depth`, whole residual branches are removed first (`dfc.branches`: y = S + f(S) becomes
+With a target and `depth`, whole residual branches are removed first (`dfc.prune.branches`: y = S + f(S) becomes
 y = S + E[f(S)], least probe error per unit of predicted cost first, measured rounds), channels after.
 Criteria on the BN-folded weights of a group's origin layers (mean over its origins):
   l1 = Σ|W[o]|,  l2 = ‖W[o]‖₂,  paoding = Σ|W[o]| / (k_h·k_w·C_in)  (PAODING's filter "scale"),
   l1-prebn = Σ|W[o]| of the filter before BN folding;
   udfc (default) = ‖W2[:, o]‖² · E‖a_o − â_o‖², the consumers' error after UDFC rebuilds channel o
-  from the others (`dfc.compensation.removal_errors`; plain removal error when not compensating).
-With `paoding`, dense layers are pruned pair-wise instead (`dfc.pairwise`): a removed neuron's
+  from the others (`dfc.compensate.compensation.removal_errors`; plain removal error when not compensating).
+With `paoding`, dense layers are pruned pair-wise instead (`dfc.prune.pairwise`): a removed neuron's
 outgoing weights are merged into its most similar survivor's.
 With `compensate` = udfc every removed group is first rebuilt from the kept groups of its
-family by rescaling their consumer weights (`dfc.compensation.compensate_pruned`): one partner or a
+family by rescaling their consumer weights (`dfc.compensate.compensation.compensate_pruned`): one partner or a
 non-negative combination (`partners`), on the BN-moment or the weights loss (`loss`); with
 `weight_bits` = (wbits, first_last_bits) the partners' filters are taken as they will be quantized.
 With `check` (default) the UDFC result is verified: the same schedule runs once with and once without
 compensation, each on its own copy, and the one whose outputs are closer (mean squared error) to
-the unpruned graph's on synthetic probe inputs is kept (`dfc.probe`: the BNS calibration samples
+the unpruned graph's on synthetic probe inputs is kept (`dfc.measure.probe`: the BNS calibration samples
 when the run has them, else Gaussian noise in the input space), so compensation never makes the
 pruned model worse on those inputs; the report gives both errors.
 A "layer" (family) is the set of layers that produce the group's channels: one conv for inner
@@ -36,20 +36,22 @@ from collections import Counter, defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfc import ir, pairwise, probe
-from dfc.bn_stats import ESTIMATED
-from dfc.channel_budget import LayerCosts, aligned_keep, pick_chunks
-from dfc.channels import ChannelAnalysis, Group
-from dfc.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
-from dfc.compensation import consumer_norms, family_name, path_problem, removal_errors, round_sig, skipped_notes
-from dfc.sink_moments import group_moments
+from dfc.graph import ir
+from dfc.prune import pairwise
+from dfc.measure import probe
+from dfc.graph.bn_stats import ESTIMATED
+from dfc.prune.channel_budget import LayerCosts, aligned_keep, pick_chunks
+from dfc.prune.channels import ChannelAnalysis, Group
+from dfc.compensate.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
+from dfc.compensate.compensation import consumer_norms, family_name, path_problem, removal_errors, round_sig, skipped_notes
+from dfc.compensate.sink_moments import group_moments
 from dfc.errors import DfcError
-from dfc.intervals import activation_bounds
+from dfc.prune.intervals import activation_bounds
 from dfc.pipeline import Context, Pass, register
 from dfc.progress import manual_bar
-from dfc.prune_target import KINDS as TARGET_KINDS, TargetMeter
-from dfc.runtime import nchwc_block
-from dfc.surgery import is_dead, remove_groups
+from dfc.prune.targets import KINDS as TARGET_KINDS, TargetMeter
+from dfc.measure.runtime import nchwc_block
+from dfc.prune.surgery import is_dead, remove_groups
 
 CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
 TARGET_ROUNDS = 3
@@ -198,13 +200,13 @@ class Prune(Pass):
 
     def _remove_branches(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
         """Depth pruning before channel pruning (`depth`): whole residual branches go, least probe error per unit of
-        predicted cost first, until the cost model predicts the target (`dfc.branches.remove_toward`); then the
+        predicted cost first, until the cost model predicts the target (`dfc.prune.branches.remove_toward`); then the
         graph is measured and, while the measurement misses, the aim is tightened as in `_target_rounds` (at most
         TARGET_ROUNDS rounds). Channel pruning then takes what remains of the target. At one latency, removing
         branches loses less than removing channels once fine-tuned: ResNet-56 at 0.58×, 12 branches + kd 89.3
         top-1 vs channels 79.7."""
-        from dfc.branches import remove_toward, residual_branches
-        from dfc.layer_cost import spec_of
+        from dfc.prune.branches import remove_toward, residual_branches
+        from dfc.prune.layer_cost import spec_of
 
         if not residual_branches(graph, ctx.bn_stats):
             return graph, {"candidates": 0, "removed": [], "rounds": [], "probe": None}
@@ -506,7 +508,7 @@ class Prune(Pass):
 
     def _targets(self, families: dict, n0: Counter, removed: Counter, r: float, score) -> dict:
         """How many groups each family loses in this step (each keeps at least one; with a channel multiple K, a
-        Conv family keeps a multiple of K or stays whole, `dfc.channel_budget`)."""
+        Conv family keeps a multiple of K or stays whole, `dfc.prune.channel_budget`)."""
         multiple = {f: self._multiple_of(families[f]) for f in families}
         if self.options["global_rank"] is not True:
             return {f: (n0[f] - aligned_keep(n0[f], r, multiple[f])) - removed[f] for f in families}
@@ -587,8 +589,8 @@ def _blocked_summary(groups: list[Group]) -> list[dict]:
 
 
 def _layer_shapes(graph: gs.Graph) -> dict[str, dict]:
-    """Per weighted layer: output channels, params (weight + bias) and MACs per sample (`dfc.stats`)."""
-    from dfc.stats import layer_stats
+    """Per weighted layer: output channels, params (weight + bias) and MACs per sample (`dfc.graph.stats`)."""
+    from dfc.graph.stats import layer_stats
 
     return {r.name: {"op": r.op, "channels": int(r.output_shape[1]) if len(r.output_shape) > 1 else None,
                      "params": r.params, "macs": r.macs}

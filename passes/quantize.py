@@ -2,7 +2,7 @@
 
 Graph form (what ONNX Runtime fuses into QLinearConv / QGemm / QLinearAdd /
 QLinearGlobalAveragePool on x86):
-- Conv/Gemm/MatMul weights: int8 per output channel, zero point 0, MSE-clipped scale (`dfc.quant_math`), a
+- Conv/Gemm/MatMul weights: int8 per output channel, zero point 0, MSE-clipped scale (`dfc.quant.quant_math`), a
   DequantizeLinear in front;
 - biases: int32 with scale s_x·s_w and zero point 0, a DequantizeLinear in front;
 - activations: uint8 asymmetric per tensor, one QuantizeLinear → DequantizeLinear pair per tensor,
@@ -28,10 +28,13 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dfc import calibration, ir
-from dfc import quant_math as qm
+from dfc.measure import channel_stats
+from dfc.quant import activation_ranges
+from dfc.synth import sample_sources
+from dfc.graph import ir
+from dfc.quant import quant_math as qm
 from dfc.errors import DfcError
-from dfc.preflight import QDQ_MIN_OPSET, QUANTIZED_OPS
+from dfc.graph.preflight import QDQ_MIN_OPSET, QUANTIZED_OPS
 from dfc.pipeline import Context, Pass, register
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -91,14 +94,14 @@ class Quantize(Pass):
             "calibrator": "mse",
             "percentile": 99.99,
             "bias_correction": True,  # move each layer's mean output back to float's (on the calibration samples)
-            "float_layers": "auto",  # Conv/Gemm/MatMul names left in float, or "auto": by measurement (dfc.float_layers)
+            "float_layers": "auto",  # Conv/Gemm/MatMul names left in float, or "auto": by measurement (dfc.quant.float_layers)
         }
 
     # ------------------------------------------------------------------ plan
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         """Quantize; with `float_layers="auto"` (the default) and 8-bit widths (what ORT accelerates) the layers that
-        stay float are chosen by measuring ORT latency over the candidates of `dfc.float_layers` (only where the graph
+        stay float are chosen by measuring ORT latency over the candidates of `dfc.quant.float_layers` (only where the graph
         gives more than one)."""
         self._ranges_cache: dict = {}
         self._means_cache: dict = {}
@@ -107,7 +110,7 @@ class Quantize(Pass):
         if chosen == "auto" and not accelerated:  # below 8 bits a simulation of accuracy: latency does not decide
             chosen = ()
         if chosen == "auto":
-            from dfc import float_layers
+            from dfc.quant import float_layers
 
             cands = float_layers.candidates(graph, quantizable_layers(graph))
             if len(cands) < 2:
@@ -266,21 +269,21 @@ class Quantize(Pass):
         return graph
 
     def _collect_ranges(self, model, names: list[str], x: np.ndarray, bits: dict[str, int]) -> dict:
-        """`calibration.collect_ranges` for the names not yet calibrated in this run (each tensor's range depends on
+        """`activation_ranges.collect_ranges` for the names not yet calibrated in this run (each tensor's range depends on
         its own values and bits alone, so the candidates of the float-layer search share them)."""
         o, cache = self.options, getattr(self, "_ranges_cache", {})
         todo = [t for t in names if (t, bits[t]) not in cache]
         if todo:
-            got = calibration.collect_ranges(model, todo, x, o["calibrator"], o["percentile"], bits=bits)
+            got = activation_ranges.collect_ranges(model, todo, x, o["calibrator"], o["percentile"], bits=bits)
             cache.update({(t, bits[t]): got[t] for t in todo})
         return {t: cache[(t, bits[t])] for t in names}
 
     def _channel_means(self, model, params: dict, x: np.ndarray) -> dict:
-        """`calibration.channel_means`, cached per (tensor, parameters) within this run."""
+        """`channel_stats.channel_means`, cached per (tensor, parameters) within this run."""
         cache = getattr(self, "_means_cache", {})
         todo = {t: p for t, p in params.items() if (t, p) not in cache}
         if todo:
-            got = calibration.channel_means(model, todo, x, progress="bias correction")
+            got = channel_stats.channel_means(model, todo, x, progress="bias correction")
             cache.update({(t, todo[t]): got[t] for t in todo})
         return {t: cache[(t, p)] for t, p in params.items()}
 
@@ -293,21 +296,21 @@ class Quantize(Pass):
 
     def _calibration_batch(self, graph: gs.Graph, ctx: Context) -> np.ndarray:
         o = self.options
-        name, shape = calibration.input_spec(graph)
+        name, shape = sample_sources.input_spec(graph)
         if o["calib_data"] is not None:
             x = np.asarray(o["calib_data"], np.float32)
             if x.shape[1:] != shape:
                 raise DfcError(f"calibration data has sample shape {x.shape[1:]}, input {name!r} expects {shape}")
             return x
-        calibration.check_method(o["calib"])
-        if self._calib(ctx) not in calibration.NOISE_METHODS:
+        sample_sources.check_method(o["calib"])
+        if self._calib(ctx) not in sample_sources.NOISE_METHODS:
             if ctx.calibration is None or ctx.calibration_source != o["calib"]:
                 raise DfcError(f"--calib {o['calib']}: no synthesized samples; run the `synthesize` pass before `quantize`")
             return ctx.calibration
         n = int(o["calib_samples"])
         if n < 1:
             raise DfcError(f"--calib-samples must be >= 1, got {n}")
-        return calibration.noise_samples(self._calib(ctx), shape, n, ctx.rng(salt=1), ctx.sample_range())
+        return sample_sources.noise_samples(self._calib(ctx), shape, n, ctx.rng(salt=1), ctx.sample_range())
 
     @staticmethod
     def _weight_axis(n: gs.Node) -> int | None:
@@ -387,7 +390,7 @@ class Quantize(Pass):
     @staticmethod
     def _per_channel(c: np.ndarray, shape: list) -> bool:
         """Whether constant `c` holds one value per channel (axis 1) of an activation of `shape`: what depth pruning
-        leaves of a removed residual branch (y = S + E[f(S)], `dfc.branches`). A scalar (x + 3 in a hard-swish)
+        leaves of a removed residual branch (y = S + E[f(S)], `dfc.prune.branches`). A scalar (x + 3 in a hard-swish)
         is not: its Add has no quantized consumer to fuse with."""
         if len(shape) < 2 or c.ndim > len(shape) or c.size < 2:
             return False

@@ -2,7 +2,7 @@
 
 Each kept channel m whose producer weights will be quantized (F_m runs as Q_m) gets its consumers'
 input weights rescaled, W2[:, m] *= s′*_m = (⟨F_m,Q_m⟩ + αq·b_m²) / (‖Q_m‖² + αq·b_m²) (the
-weights loss; `dfc.udfc`, `dfc.compensation.compensate_quantized`). The BN-moment form of s′ was
+weights loss; `dfc.compensate.udfc`, `dfc.compensate.compensation.compensate_quantized`). The BN-moment form of s′ was
 measured and lowered top-1 (ResNet-20 W4A8, JPEG set: 75.26 vs 77.52 without), so it is not used. Q is computed with the same
 per-layer bit plan as `quantize` (first and last layers at their own width). Float weights are
 edited; `quantize` then quantizes the rescaled consumers.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from dfc import ir
-from dfc.compensation import compensate_quantized, skipped_notes
+from dfc.graph import ir
+from dfc.compensate.compensation import compensate_quantized, skipped_notes
 from dfc.pipeline import Context, Pass, register
 from dfc.passes.quantize import weight_bit_plan
 

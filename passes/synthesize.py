@@ -1,4 +1,4 @@
-"""`synthesize`: calibration samples from the model's BN statistics (the BNS inverter, `dfc.inverter`).
+"""`synthesize`: calibration samples from the model's BN statistics (the BNS inverter, `dfc.synth.inverter`).
 
 Runs on the BN-folded float graph (before pruning, so the statistics describe the graph exactly),
 leaves the graph unchanged and puts the samples in `ctx.calibration` for `quantize`.
@@ -11,9 +11,9 @@ from dataclasses import asdict, fields
 
 import onnx_graphsurgeon as gs
 
-from dfc import ir
+from dfc.graph import ir
 from dfc.errors import DfcError
-from dfc.inverter import Inverter, InverterConfig, pick_device
+from dfc.synth.inverter import Inverter, InverterConfig, pick_device
 from dfc.pipeline import Context, Pass, register
 
 

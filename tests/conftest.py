@@ -25,7 +25,7 @@ def shared_file(rel: str) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_exact():
-    from dfc.validation import load_eval_data, preprocess
+    from dfc.measure.validation import load_eval_data, preprocess
 
     images, labels = load_eval_data(shared_file("data/cifar10_test_exact_1017.npz"))
     return preprocess(images, CIFAR_MEAN, CIFAR_STD), labels
@@ -33,7 +33,7 @@ def cifar_exact():
 
 @pytest.fixture(scope="session")
 def cifar_jpeg():
-    from dfc.validation import load_eval_data, preprocess
+    from dfc.measure.validation import load_eval_data, preprocess
 
     images, labels = load_eval_data(shared_file("data/cifar10_test_jpeg_5000.npz"))
     return preprocess(images, CIFAR_MEAN, CIFAR_STD), labels
@@ -54,14 +54,14 @@ def digits_bench_spec(tmp_path):
 @pytest.fixture(scope="session")
 def digits_test():
     from dfc.models.digits_cnn import MEAN, STD, load_digits_split
-    from dfc.validation import preprocess
+    from dfc.measure.validation import preprocess
 
     d = load_digits_split()
     return preprocess(d["test_images"], np.array(MEAN, np.float32), np.array(STD, np.float32)), d["test_labels"]
 
 
 def run(model: onnx.ModelProto | str, x: np.ndarray) -> np.ndarray:
-    from dfc.runtime import make_session
+    from dfc.measure.runtime import make_session
 
     s = make_session(model)
     return s.run(None, {s.get_inputs()[0].name: x})[0]
@@ -137,7 +137,7 @@ def conv_bn_relu_cnn(seed: int = 0) -> onnx.ModelProto:
 def calibrate_bn(model, x):
     """Set every BN's running mean/var to the statistics of its input on `x`, in graph order (as
     training leaves them), so that the BN-moment model describes the network on inputs like x."""
-    from dfc.runtime import make_session
+    from dfc.measure.runtime import make_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -1,4 +1,4 @@
-"""FGSM in `dfc eval` / `dfc bns-score` (dfc.adversarial): ε = 0 is the clean accuracy, accuracy falls with ε, and a
+"""FGSM in `dfc eval` / `dfc bns-score` (dfc.measure.adversarial): ε = 0 is the clean accuracy, accuracy falls with ε, and a
 quantized model is attacked through its own QDQ graph."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 from conftest import DEMO, run
 
 import dfc.api as api
-from dfc.adversarial import fgsm, fgsm_eval, input_gradients, parse_eps
+from dfc.measure.adversarial import fgsm, fgsm_eval, input_gradients, parse_eps
 from dfc.cli import main
 from dfc.errors import DfcError
-from dfc.modelio import load_model
+from dfc.graph.modelio import load_model
 from dfc.models import digits_cnn
 
 MEAN, STD = np.array(digits_cnn.MEAN, np.float32), np.array(digits_cnn.STD, np.float32)
@@ -48,7 +48,7 @@ def test_perturbation_stays_in_the_pixel_range_and_has_size_eps(digits):
 def test_quantized_model_is_attacked_through_its_qdq_graph(digits):
     """The gradient is the QDQ graph's (STE through Q/DQ): it matches a finite-free reference, the torch executor on
     the QDQ model, and differs from the float model's."""
-    from dfc.torch_exec import TorchGraph
+    from dfc.synth.torch_exec import TorchGraph
 
     x, y = digits
     x, y = x[:32], y[:32]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import conv_bn_relu_cnn, run
-from dfc import calibration
+from dfc.synth import sample_sources
 from dfc.api import optimize, optimize_with_report
 
 FAST = {"calib_samples": 32, "inverter_steps": 5}
@@ -22,7 +22,7 @@ def _folded(seed: int = 0):
 
 
 def test_pink_noise_has_a_one_over_f_spectrum_and_the_input_moments():
-    x = calibration.pink_samples((3, 32, 32), 64, np.random.default_rng(0))
+    x = sample_sources.pink_samples((3, 32, 32), 64, np.random.default_rng(0))
     assert x.dtype == np.float32 and x.shape == (64, 3, 32, 32)
     np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
@@ -33,19 +33,19 @@ def test_pink_noise_has_a_one_over_f_spectrum_and_the_input_moments():
     p_white = (np.abs(np.fft.fft2(white)) ** 2).mean(axis=(0, 1))
     assert p_white[1, 1] / p_white[16, 16] < 2
     lo, hi = np.full(3, -0.5, np.float32), np.full(3, 0.5, np.float32)
-    clamped = calibration.pink_samples((3, 8, 8), 4, np.random.default_rng(1), (lo, hi))
+    clamped = sample_sources.pink_samples((3, 8, 8), 4, np.random.default_rng(1), (lo, hi))
     assert clamped.min() >= -0.5 and clamped.max() <= 0.5
-    assert calibration.pink_samples((10,), 4, np.random.default_rng(0)).shape == (4, 10)  # no image: Gaussian
+    assert sample_sources.pink_samples((10,), 4, np.random.default_rng(0)).shape == (4, 10)  # no image: Gaussian
 
 
 def test_default_source_follows_the_graph():
-    assert calibration.best_available_method(True) == "bns"
-    assert calibration.best_available_method(False, classifier=True) == "inception"
-    assert calibration.best_available_method(False, classifier=False) == "pink"
-    assert calibration.is_classifier(_folded())  # [N, 4]
+    assert sample_sources.best_available_method(True) == "bns"
+    assert sample_sources.best_available_method(False, classifier=True) == "inception"
+    assert sample_sources.best_available_method(False, classifier=False) == "pink"
+    assert sample_sources.is_classifier(_folded())  # [N, 4]
     det = _folded()
     det.graph.output[0].type.tensor_type.shape.dim.add().dim_value = 1  # [N, 4, 1]: not a class vector
-    assert not calibration.is_classifier(det)
+    assert not sample_sources.is_classifier(det)
 
 
 def test_bn_less_quantization_synthesizes_by_inception_and_says_how_to_keep_bn():
@@ -57,7 +57,7 @@ def test_bn_less_quantization_synthesizes_by_inception_and_says_how_to_keep_bn()
 
 
 def test_estimated_moments_are_the_measured_ones_and_stay_out_of_the_metadata():
-    from dfc.bn_stats import ESTIMATED, METADATA_KEY
+    from dfc.graph.bn_stats import ESTIMATED, METADATA_KEY
     from dfc.pipeline import PassManager, context_from_model
 
     model = _folded()
@@ -68,8 +68,8 @@ def test_estimated_moments_are_the_measured_ones_and_stay_out_of_the_metadata():
     convs = [n.output[0] for n in out.graph.node if n.op_type in ("Conv", "Gemm")]
     assert set(ctx.bn_stats) == set(convs) and all(s.source == ESTIMATED for s in ctx.bn_stats.values())
     name = convs[0]
-    from dfc.calibration import exposing_session
-    from dfc.runtime import run_batched
+    from dfc.measure.channel_stats import exposing_session
+    from dfc.measure.runtime import run_batched
 
     a = run_batched(exposing_session(out, [name]), x, outputs=[name])[0]
     mean, std = ctx.bn_stats[name].output_mean_std()

@@ -1,5 +1,5 @@
 """Depth pruning: residual branches found from the graph, removed with their BN mean, chosen on the probe toward a
-target (`dfc.branches`, `prune --prune-depth`)."""
+target (`dfc.prune.branches`, `prune --prune-depth`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from conftest import bn_node, bn_params, make_model, rand, run
 from onnx import helper
 
-from dfc import ir
+from dfc.graph import ir
 from dfc.api import optimize_with_report, prune_depth, resolve_options
-from dfc.branches import remove_branch, residual_branches
+from dfc.prune.branches import remove_branch, residual_branches
 from dfc.errors import DfcError
 from dfc.pipeline import PassManager, context_from_model, get_pass
 
@@ -106,8 +106,8 @@ def test_removed_branches_quantize_to_qlinear_adds():
     fine-tuning student's) reads the Expand as ORT does."""
     import torch
 
-    from dfc.runtime import make_session, ort_optimized_ops
-    from dfc.torch_exec import TorchGraph
+    from dfc.measure.runtime import make_session, ort_optimized_ops
+    from dfc.synth.torch_exec import TorchGraph
 
     g, ctx = _folded(_resnet(blocks=3))
     for name in ("blk0/add", "blk1/add"):  # two in a row: the second reads the first's quantized output

@@ -10,11 +10,11 @@ import onnx
 import pytest
 from conftest import DEMO, conv_bn_relu_cnn, make_model
 
-from dfc import ir
+from dfc.graph import ir
 from dfc.api import optimize_with_report
-from dfc.channel_budget import aligned_keep, allowed_drop
+from dfc.prune.channel_budget import aligned_keep, allowed_drop
 from dfc.errors import DfcError
-from dfc.layer_cost import BytesCost, LatencyCost, LayerSpec, MacsCost, layer_model, spec_of
+from dfc.prune.layer_cost import BytesCost, LatencyCost, LayerSpec, MacsCost, layer_model, spec_of
 
 
 def _channels(model):
@@ -69,7 +69,7 @@ def test_channel_multiple_1_reproduces_unaligned_pruning():
 
 
 def test_default_multiple_is_the_cpu_block(monkeypatch):
-    from dfc import runtime
+    from dfc.measure import runtime
 
     monkeypatch.setattr(runtime, "nchwc_block", lambda: 8)
     _, rep = prune(_wide(), prune=0.3, compensate="none")
@@ -78,7 +78,7 @@ def test_default_multiple_is_the_cpu_block(monkeypatch):
 
 def test_layer_costs_match_the_pruned_graph():
     """The cost models read off a spec agree with the model statistics of the graph they describe."""
-    from dfc.stats import layer_stats
+    from dfc.graph.stats import layer_stats
 
     m = _wide()
     g = ir.infer_shapes(ir.import_graph(m))
@@ -158,7 +158,7 @@ def test_latency_cost_is_cached(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("depthwise", [False, True])
 def test_quantized_layer_model_is_what_ort_fuses(depthwise):
-    from dfc.runtime import ort_optimized_ops
+    from dfc.measure.runtime import ort_optimized_ops
 
     spec = LayerSpec("Conv", 16, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (8, 8), depthwise=depthwise, bits=8)
     onnx.checker.check_model(layer_model(spec, 2, False))

@@ -13,10 +13,10 @@ import pytest
 from conftest import make_model, rand, run
 from onnx import helper
 
-from dfc import ir
-from dfc.channels import ChannelAnalysis
-from dfc.modelio import check_model
-from dfc.surgery import remove_groups
+from dfc.graph import ir
+from dfc.prune.channels import ChannelAnalysis
+from dfc.graph.modelio import check_model
+from dfc.prune.surgery import remove_groups
 
 
 def analyse(model):

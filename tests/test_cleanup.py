@@ -17,7 +17,7 @@ def _ops(m):
 
 @pytest.mark.parametrize("name", ["resnet20_cifar10.onnx", "resnet56_cifar10.onnx"])
 def test_shared_resnets_become_clean_graphs(name):
-    m = __import__("dfc.modelio", fromlist=["x"]).load_model(shared_file(f"models/{name}"))
+    m = __import__("dfc.graph.modelio", fromlist=["x"]).load_model(shared_file(f"models/{name}"))
     assert {"Constant", "ConstantOfShape", "Reshape", "Cast"} <= set(_ops(m))
     c = PassManager(["cleanup"]).run(m)
     assert set(_ops(c)) <= CLEAN_OPS, _ops(c)
@@ -121,8 +121,8 @@ def test_dynamic_batch_flatten_arithmetic_becomes_a_constant_shape():
 
 
 def test_efficientnet_lite0_becomes_a_clean_graph_with_its_macs():
-    from dfc.modelio import load_model
-    from dfc.stats import model_summary
+    from dfc.graph.modelio import load_model
+    from dfc.graph.stats import model_summary
 
     m = load_model(shared_file("models/efficientnet_lite0_imagenet.onnx"))
     ctx = __import__("dfc.pipeline", fromlist=["Context"]).Context()

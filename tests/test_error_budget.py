@@ -9,8 +9,8 @@ import onnx
 from conftest import DEMO, ROOT, run
 
 from dfc.api import optimize
-from dfc.runtime import make_session, run_batched
-from dfc.validation import fidelity
+from dfc.measure.runtime import make_session, run_batched
+from dfc.measure.validation import fidelity
 
 _spec = importlib.util.spec_from_file_location("w8a8_error_budget", ROOT / "tools" / "w8a8_error_budget.py")
 budget = importlib.util.module_from_spec(_spec)

@@ -1,4 +1,4 @@
-"""Fine-tuning (dfc.student, dfc.finetune, the `finetune` pass): the student is the QDQ graph exactly, the way back
+"""Fine-tuning (dfc.finetune.student, dfc.finetune.train, the `finetune` pass): the student is the QDQ graph exactly, the way back
 is lossless, training lowers the loss, and a seed fixes the bytes."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from conftest import DEMO, conv_bn_relu_cnn, rand, run
 
 import dfc.api as api
 from dfc.errors import DfcError
-from dfc.finetune import FinetuneConfig, blocks_of, finetune
-from dfc.modelio import load_model
+from dfc.finetune.train import FinetuneConfig, blocks_of, finetune
+from dfc.graph.modelio import load_model
 from dfc.pipeline import Context, PassManager
-from dfc.student import Student, float_weights_of
+from dfc.finetune.student import Student, float_weights_of
 
 # without udfc-requant the float graph before `quantize` is the teacher, whose weights the codes come from
 RESIDUAL_QDQ_OPTS = dict(wbits=4, abits=4, calib="gaussian", measure=False, udfc_requant=False)
@@ -104,7 +104,7 @@ def test_trained_codes_stay_in_their_bit_range(demo_w2a4):
     training: the student reads each tensor's width from its codes and never leaves it."""
     from onnx import numpy_helper
 
-    from dfc.quant_math import code_range_of
+    from dfc.quant.quant_math import code_range_of
 
     _, teacher, qdq = demo_w2a4
 
@@ -175,8 +175,8 @@ def test_learned_activation_scales_are_written_back_with_their_biases(demo_w2a4)
 
 
 def test_teacher_targets_block_by_block_equal_full_forward_passes(residual):
-    from dfc.finetune import TeacherTargets
-    from dfc.torch_exec import TorchGraph
+    from dfc.finetune.train import TeacherTargets
+    from dfc.synth.torch_exec import TorchGraph
 
     _, teacher, qdq = residual
     blocks = blocks_of(Student(qdq), teacher)
@@ -215,8 +215,8 @@ def test_training_that_raises_the_kl_is_not_kept(residual, knob):
 def test_kd_moves_quantized_weights_in_quantization_steps():
     """Adam's first step moves every element by ~lr; counted in quantization steps, a channel moves by c·s_channel
     (4-bit and 8-bit channels alike), and the optimizer's own state is untouched."""
-    from dfc.finetune import adam_step_in_quant_steps
-    from dfc.student import QuantizedTensor
+    from dfc.finetune.train import adam_step_in_quant_steps
+    from dfc.finetune.student import QuantizedTensor
 
     scale = np.array([0.5, 0.01, 0.002], np.float32)  # three channels, scales 250x apart
     codes = np.array([[3, -2], [100, -7], [-120, 5]], np.int8)
@@ -253,7 +253,7 @@ def test_pruned_kd_student_trains_in_float_before_quantization(demo_w2a4, digits
 def test_kd_steps_in_quantization_steps_only_where_rounding_is_the_gap(demo_w2a4, digits_test):
     """A quantized student of the teacher's architecture moves its codes' latents in quantization steps; a pruned one
     (fewer weights: further from the teacher than rounding) moves every parameter at the absolute lr."""
-    from dfc.finetune import DEFAULT_STEP_LR
+    from dfc.finetune.train import DEFAULT_STEP_LR
     from dfc.report import summary_table
 
     opts = dict(calib_data=digits_test[0][:64], measure=False, finetune="kd", finetune_steps=2)

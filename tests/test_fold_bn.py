@@ -3,7 +3,7 @@ import pytest
 from onnx import helper
 
 from conftest import CIFAR_MEAN, bn_node, bn_params, conv_bn_relu_cnn, make_model, rand, run, shared_file
-from dfc.modelio import load_model
+from dfc.graph.modelio import load_model
 from dfc.pipeline import Context, PassManager
 
 

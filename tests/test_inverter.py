@@ -11,8 +11,8 @@ from conftest import DEMO, calibrate_bn, conv_bn_relu_cnn, make_model, rand
 from dfc.api import optimize_with_report
 from dfc.cli import main
 from dfc.errors import DfcError
-from dfc.inverter import Inverter, InverterConfig, augment, kl_to_target, score
-from dfc.modelio import load_model
+from dfc.synth.inverter import Inverter, InverterConfig, augment, kl_to_target, score
+from dfc.graph.modelio import load_model
 from dfc.pipeline import PassManager, context_from_model
 
 FAST = dict(samples=16, batch=16, steps=15)

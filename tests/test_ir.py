@@ -2,7 +2,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from conftest import conv_bn_relu_cnn
-from dfc import ir
+from dfc.graph import ir
 
 
 def test_producer_consumers_and_constants():

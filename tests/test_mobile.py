@@ -11,7 +11,7 @@ from conftest import bn_node, bn_params, make_model, rand, run
 from onnx import helper
 
 from dfc.api import optimize_with_report
-from dfc.runtime import ort_optimized_ops
+from dfc.measure.runtime import ort_optimized_ops
 
 
 def relu6_cnn(dead_beta: float | None = None, seed: int = 0, size: int = 8):
@@ -60,10 +60,10 @@ def test_relu6_is_absorbed_into_the_output_quantizer_and_ort_fuses_everything():
 
 
 def test_bn_moments_through_a_clip_match_monte_carlo():
-    from dfc.channels import ChannelAnalysis
+    from dfc.prune.channels import ChannelAnalysis
     from dfc.pipeline import Context, PassManager
-    from dfc import ir
-    from dfc.sink_moments import group_moments
+    from dfc.graph import ir
+    from dfc.compensate.sink_moments import group_moments
 
     ctx = Context()
     g = ir.infer_shapes(ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(relu6_cnn(), ctx)))
@@ -90,7 +90,7 @@ def test_pruning_a_constant_channel_behind_relu6_is_exact_with_mean_compensation
 
 
 def test_eps_floor_bounds_the_kl_of_a_channel_constant_in_the_batch():
-    from dfc.inverter import kl_to_target
+    from dfc.synth.inverter import kl_to_target
 
     y = torch.zeros(4, 1, 5, 5)  # the batch never moves this channel
     mean, std, mask = torch.zeros(1), torch.ones(1), torch.ones(1, dtype=torch.bool)
@@ -100,7 +100,7 @@ def test_eps_floor_bounds_the_kl_of_a_channel_constant_in_the_batch():
 
 
 def test_inverter_work_budget_shrinks_size_then_samples_for_costly_inputs():
-    from dfc.inverter import MAX_SAMPLES, MAX_STEPS, Inverter, InverterConfig
+    from dfc.synth.inverter import MAX_SAMPLES, MAX_STEPS, Inverter, InverterConfig
     from dfc.pipeline import Context, PassManager
 
     ctx = Context()
@@ -124,7 +124,7 @@ def test_inverter_work_budget_shrinks_size_then_samples_for_costly_inputs():
 
 
 def test_notes_come_one_per_kind_with_counts():
-    from dfc.compensation import skipped_notes
+    from dfc.compensate.compensation import skipped_notes
 
     lines = skipped_notes({"Clip node 'a' does not commute with rescaling": 3,
                            "Clip node 'b' does not commute with rescaling": 5,
@@ -147,7 +147,7 @@ def test_save_calib_is_refused_before_any_work(tmp_path):
 def test_depthwise_weights_keep_the_first_last_width():
     from dfc.passes.quantize import weight_bit_plan
     from dfc.pipeline import Context, PassManager
-    from dfc import ir
+    from dfc.graph import ir
 
     g = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(relu6_cnn(), Context()))
     assert weight_bit_plan(g, 4, 8) == {"conv1": 8, "dw": 8, "project": 4, "fc": 8}

@@ -10,8 +10,8 @@ from onnxruntime.quantization import CalibrationDataReader
 import dfc
 from dfc.bench.baselines import ort_quantize_static
 from dfc.errors import DfcError
-from dfc.modelio import load_model
-from dfc.ort_reader import SampleReader
+from dfc.graph.modelio import load_model
+from dfc.synth.ort_reader import SampleReader
 
 
 def _drain(reader) -> np.ndarray:

@@ -3,7 +3,7 @@ import onnx_graphsurgeon as gs
 import pytest
 
 from conftest import conv_bn_relu_cnn, rand, run
-from dfc.bn_stats import METADATA_KEY, BNStatsStore
+from dfc.graph.bn_stats import METADATA_KEY, BNStatsStore
 from dfc.errors import DfcError
 from dfc.pipeline import PASS_REGISTRY, Pass, PassManager, context_from_model, get_pass
 

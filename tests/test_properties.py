@@ -32,7 +32,7 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCh
 def unaligned_channels(monkeypatch):
     """The properties are stated for any channel count: the default channel multiple is 1 here, not the machine's
     NCHWc block (the random models have 2-16 channels); aligned pruning is drawn explicitly where it is tested."""
-    from dfc import runtime
+    from dfc.measure import runtime
 
     monkeypatch.setattr(runtime, "nchwc_block", lambda: None)
 
@@ -140,7 +140,7 @@ def _inputs(model: onnx.ModelProto, n: int, seed: int) -> np.ndarray:
 
 
 def _weights(model: onnx.ModelProto) -> int:
-    from dfc.stats import model_summary
+    from dfc.graph.stats import model_summary
 
     return model_summary(model)["weight_params"]
 

@@ -8,11 +8,11 @@ import onnx
 import pytest
 from conftest import CIFAR_MEAN, CIFAR_STD, conv_bn_relu_cnn, rand, run, shared_file
 
-from dfc import ir
+from dfc.graph import ir
 from dfc.api import optimize_with_report
-from dfc.channels import ChannelAnalysis
+from dfc.prune.channels import ChannelAnalysis
 from dfc.pipeline import Context, PassManager
-from dfc.runtime import make_session
+from dfc.measure.runtime import make_session
 
 
 def folded(model):
@@ -229,7 +229,7 @@ def test_pairwise_dense_pruning_beats_l1_removal(digits_mlp):
 
 
 def test_pair_merge_moves_the_outgoing_weights():
-    from dfc.pairwise import saliency_matrix
+    from dfc.prune.pairwise import saliency_matrix
 
     w_in = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 5.0]])
     b_in = np.zeros(3)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dfc import quant_math as qm
+from dfc.quant import quant_math as qm
 from dfc.errors import DfcError
 
 

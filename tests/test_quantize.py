@@ -7,9 +7,9 @@ from onnx import helper
 
 from conftest import DEMO, conv_bn_relu_cnn, make_model, rand, run, shared_file
 from dfc.errors import DfcError
-from dfc.modelio import check_model, load_model
+from dfc.graph.modelio import check_model, load_model
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
-from dfc.runtime import ort_optimized_ops
+from dfc.measure.runtime import ort_optimized_ops
 
 
 def _quantize(m, ctx=None, **opts):
@@ -155,7 +155,7 @@ def test_bias_correction_restores_each_layers_mean_output(bits, k):
 
 
 def run_all(model, x):
-    from dfc.runtime import make_session
+    from dfc.measure.runtime import make_session
 
     s = make_session(model)
     return s.run(None, {s.get_inputs()[0].name: x})

@@ -7,7 +7,7 @@ import torch
 
 from conftest import CIFAR_MEAN, CIFAR_STD, rand, run, shared_file
 from dfc.api import optimize_with_report
-from dfc.modelio import load_model
+from dfc.graph.modelio import load_model
 
 FP32_TOP1 = {"resnet20": 0.9164, "resnet56": 0.9272}
 
@@ -66,8 +66,8 @@ def test_bn_folded_export_goes_through_with_a_note(tmp_path, cifar_exact):
 def test_bns_on_resnet20_beats_noise_on_j_kl_and_keeps_w8a8_top1(cifar_exact):
     """A short BNS run (64 samples, 40 steps) on ResNet-20: J_KL well below Gaussian noise's, and
     W8A8 calibrated on it within half a point of fp32. (Full-size numbers: tools/bench_calib.py.)"""
-    from dfc import calibration
-    from dfc.inverter import score
+    from dfc.synth import sample_sources
+    from dfc.synth.inverter import score
     from dfc.pipeline import PassManager, context_from_model
 
     model = load_model(shared_file("models/resnet20_cifar10.onnx"))
@@ -76,7 +76,7 @@ def test_bns_on_resnet20_beats_noise_on_j_kl_and_keeps_w8a8_top1(cifar_exact):
     assert report["passes"]["quantize"]["calibration"] == "bns"
     ctx = context_from_model(model)
     folded = PassManager(["cleanup", "fold-bn"]).run(model, ctx)
-    noise = calibration.gaussian_samples((3, 32, 32), 64, np.random.default_rng(0),
+    noise = sample_sources.gaussian_samples((3, 32, 32), 64, np.random.default_rng(0),
                                          ((0 - CIFAR_MEAN) / CIFAR_STD, (1 - CIFAR_MEAN) / CIFAR_STD))
     assert report["passes"]["synthesize"]["final_j_kl"] < 0.5 * score(folded, ctx.bn_stats, noise)
     x, y = cifar_exact

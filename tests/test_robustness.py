@@ -30,7 +30,7 @@ def test_case(case, tmp_path, capsys):
     assert code == case.code, err
     out = tmp_path / "out.onnx"
     if code == 0 and argv[0] == "optimize":
-        from dfc.modelio import check_model
+        from dfc.graph.modelio import check_model
 
         model = onnx.load(str(out))
         check_model(model, what=case.id)
@@ -73,7 +73,7 @@ def test_interrupt_leaves_no_output_and_keeps_an_old_one(tmp_path, capsys, monke
 
 
 def test_interrupt_while_writing_removes_the_temp_file(tmp_path, monkeypatch):
-    from dfc import modelio
+    from dfc.graph import modelio
 
     real_write = Path.write_bytes
 

@@ -10,9 +10,9 @@ from conftest import DEMO, conv_bn_relu_cnn, make_model, rand, run, shared_file
 from onnx import helper
 
 from dfc.errors import DfcError
-from dfc.modelio import load_model
+from dfc.graph.modelio import load_model
 from dfc.pipeline import Context, PassManager
-from dfc.torch_exec import TorchGraph
+from dfc.synth.torch_exec import TorchGraph
 
 
 def torch_run(model, x, watch=()):

@@ -1,4 +1,4 @@
-"""The fine-tuning step-time model (dfc.train_cost): depthwise and element-wise work counted from the graph, default
+"""The fine-tuning step-time model (dfc.finetune.train_cost): depthwise and element-wise work counted from the graph, default
 steps that shrink as the predicted step time grows, and the prediction in the report."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from conftest import conv_bn_relu_cnn, rand
 from test_mobile import relu6_cnn
 
 import dfc.api as api
-from dfc.finetune import MAX_STEPS, MIN_STEPS, FinetuneConfig, finetune
+from dfc.finetune.train import MAX_STEPS, MIN_STEPS, FinetuneConfig, finetune
 from dfc.pipeline import Context, PassManager
-from dfc.torch_exec import TorchGraph
-from dfc.train_cost import PassCost, default_steps, pass_cost, step_seconds
+from dfc.synth.torch_exec import TorchGraph
+from dfc.finetune.train_cost import PassCost, default_steps, pass_cost, step_seconds
 
 
 def _cost(model, shape):

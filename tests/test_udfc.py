@@ -11,7 +11,7 @@ from conftest import calibrate_bn, cnn_nodes, make_model, rand, run
 from onnx import helper
 from scipy.optimize import minimize_scalar
 
-from dfc import udfc
+from dfc.compensate import udfc
 from dfc.api import optimize_with_report
 from dfc.report import _compensation_lines
 
@@ -133,8 +133,8 @@ def test_compensation_is_never_worse_than_plain_pruning(seed, partners, loss):
 
 
 def test_requant_leaves_exactly_representable_weights_alone():
-    from dfc import ir
-    from dfc.compensation import compensate_quantized
+    from dfc.graph import ir
+    from dfc.compensate.compensation import compensate_quantized
     from dfc.pipeline import Context, PassManager
 
     model = PassManager(["cleanup", "fold-bn"]).run(chain_cnn(seed=3), Context())

@@ -13,9 +13,9 @@ import torch
 from conftest import make_model, rand, run, shared_file
 from onnx import helper
 
-from dfc.modelio import load_model
+from dfc.graph.modelio import load_model
 from dfc.pipeline import Context, PassManager
-from dfc.torch_exec import TorchGraph
+from dfc.synth.torch_exec import TorchGraph
 
 
 class _WildNet(torch.nn.Module):
@@ -162,7 +162,7 @@ def test_fixed_batch_export_synthesizes_and_keeps_its_signature():
 
 
 def test_unbaking_reads_zero_only_where_the_batch_is():
-    from dfc.signature import Signature
+    from dfc.graph.signature import Signature
 
     r = np.random.default_rng(0)
     inits = {"w": r.normal(0, 1, (4, 3, 1, 1)).astype(np.float32), "s": np.array([1, -1], np.int64),
@@ -181,7 +181,7 @@ def test_unbaking_reads_zero_only_where_the_batch_is():
 
 
 def test_output_fidelity_per_output():
-    from dfc.validation import output_fidelity
+    from dfc.measure.validation import output_fidelity
 
     ref = {"logits": np.array([[2.0, 1.0], [0.0, 1.0]]), "boxes": np.ones((2, 5, 4))}
     got = {"logits": np.array([[2.0, 1.0], [1.5, 1.0]]), "boxes": np.ones((2, 5, 4)) * 1.1}
@@ -210,8 +210,8 @@ def test_eval_without_labels_reports_every_output(tmp_path, capsys):
 
 
 def test_float_layer_candidates_follow_the_graph():
-    from dfc import ir
-    from dfc.float_layers import candidates
+    from dfc.graph import ir
+    from dfc.quant.float_layers import candidates
     from dfc.passes.quantize import quantizable_layers
     from conftest import conv_bn_relu_cnn
 
@@ -234,8 +234,9 @@ def test_float_layer_candidates_follow_the_graph():
     ({"float": 1.0, "a": 2.1, "b": 1.4, "c": 1.2}, None),  # never slower than float
 ])
 def test_float_layer_choice_is_never_slower_than_float(monkeypatch, medians, expected):
-    from dfc import float_layers, ir
-    from dfc import latency
+    from dfc.quant import float_layers
+    from dfc.graph import ir
+    from dfc.measure import latency
 
     monkeypatch.setattr(latency, "median_latencies", lambda models, x, **kw: ({k: medians[k] for k in models}, len(x)))
     g = ir.import_graph(_hswish_model("div"))
@@ -281,8 +282,8 @@ def test_ultraface_detector_runs_end_to_end():
 
 def test_sink_moments_pass_through_hard_swish():
     """A pruned channel behind a hard-swish is replaced by E[hswish(z)], z ~ N(β, γ²) from its BN statistics."""
-    from dfc import ir
-    from dfc.sink_moments import _activate, _source
+    from dfc.graph import ir
+    from dfc.compensate.sink_moments import _activate, _source
 
     r = np.random.default_rng(0)
     inits = {"w1": r.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w2": r.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32),

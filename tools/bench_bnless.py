@@ -7,7 +7,7 @@ Each source gives the calibration samples of a W8A8 / W4A4 (first/last 8) `dfc.o
 other options default); the rows are top-1 on the exact CIFAR-10 set (Lite0: the 500 ImageNet images) and top-1
 agreement with the fp32 model on the JPEG set (Lite0: the same images). Sources:
   gaussian            N(0, 1) per input channel (dfc's fallback until issue 29)
-  pink                1/f noise (dfc.calibration.pink_samples)
+  pink                1/f noise (dfc.synth.sample_sources.pink_samples)
   inception           the inverter's inception scheme from pink noise, smoothness prior (The Knowledge Within §3;
                       dfc's default for BN-less classifiers)
   inception-gaussian  the same from Gaussian noise (the scheme before issue 29)
@@ -43,19 +43,19 @@ PRECISIONS = {"w8a8": {}, "w4a4": {"wbits": 4, "abits": 4, "first_last_bits": 8}
 
 
 def samples(model, source: str, mean, std, seed: int, steps: int | None, n: int | None):
-    from dfc import calibration
+    from dfc.synth import sample_sources
     from dfc.api import _context, _work_model, resolve_options
-    from dfc.inverter import Inverter, InverterConfig
+    from dfc.synth.inverter import Inverter, InverterConfig
     from dfc.pipeline import PassManager
 
     o = resolve_options({"input_mean": mean, "input_std": std, "seed": seed})
     ctx = _context(model, o)
     _, work = _work_model(model, o, ctx)
-    shape = calibration.input_spec(__import__("dfc.ir", fromlist=["ir"]).import_graph(work))[1]
+    shape = sample_sources.input_spec(__import__("dfc.graph.ir", fromlist=["ir"]).import_graph(work))[1]
     if source == "gaussian":
-        return calibration.gaussian_samples(shape, n or 256, ctx.rng(salt=1), ctx.sample_range())
+        return sample_sources.gaussian_samples(shape, n or 256, ctx.rng(salt=1), ctx.sample_range())
     if source == "pink":
-        return calibration.pink_samples(shape, n or 256, ctx.rng(salt=1), ctx.sample_range())
+        return sample_sources.pink_samples(shape, n or 256, ctx.rng(salt=1), ctx.sample_range())
     folded = PassManager(["cleanup", "fold-bn"]).run(work, ctx)
     cfg = InverterConfig(**{"method": "inception", "seed": seed, "steps": steps, "samples": n, **SOURCES[source]})
     return Inverter(folded, ctx.bn_stats, ctx.sample_range(), cfg).generate(progress=False)
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     from dfc import progress
     from dfc.api import optimize
     from dfc.bench.suite import SHARED_MODELS, ModelBench, Settings, shared_specs
-    from dfc.validation import fidelity, top1
+    from dfc.measure.validation import fidelity, top1
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet56_folded", choices=[k for k in SHARED_MODELS if k.endswith("_folded")])

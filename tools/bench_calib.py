@@ -22,12 +22,13 @@ import numpy as np
 
 
 def main() -> None:
-    from dfc import calibration, progress
+    from dfc.synth import sample_sources
+    from dfc import progress
     from dfc.api import optimize
-    from dfc.inverter import Inverter, InverterConfig, score
-    from dfc.modelio import load_model
+    from dfc.synth.inverter import Inverter, InverterConfig, score
+    from dfc.graph.modelio import load_model
     from dfc.pipeline import PassManager, context_from_model
-    from dfc.validation import load_eval_data, logits_of, parse_floats, preprocess
+    from dfc.measure.validation import load_eval_data, logits_of, parse_floats, preprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -61,7 +62,7 @@ def main() -> None:
         if name == "real":
             sets[name] = preprocess(load_eval_data(args.real)[0][: args.samples], mean, std)
         elif name == "gaussian":
-            sets[name] = calibration.gaussian_samples(x_eval.shape[1:], args.samples, np.random.default_rng([0, 1]),
+            sets[name] = sample_sources.gaussian_samples(x_eval.shape[1:], args.samples, np.random.default_rng([0, 1]),
                                                       ctx.input_range())
         else:
             cfg = InverterConfig(method=name, samples=args.samples, device=args.device)

@@ -26,9 +26,9 @@ def main() -> None:
 
     from dfc.api import optimize
     from dfc.bench.baselines import ort_quantize_static
-    from dfc.calibration import gaussian_samples
-    from dfc.latency import add_timing_arguments, median_latencies
-    from dfc.modelio import load_model
+    from dfc.synth.sample_sources import gaussian_samples
+    from dfc.measure.latency import add_timing_arguments, median_latencies
+    from dfc.graph.modelio import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")

@@ -20,11 +20,11 @@ import numpy as np
 
 def main() -> None:
     from dfc.api import optimize_with_report
-    from dfc.calibration import gaussian_samples
-    from dfc.latency import add_timing_arguments, median_latencies
-    from dfc.modelio import load_model
-    from dfc.stats import model_summary
-    from dfc.validation import load_eval_data, logits_of, parse_floats, preprocess
+    from dfc.synth.sample_sources import gaussian_samples
+    from dfc.measure.latency import add_timing_arguments, median_latencies
+    from dfc.graph.modelio import load_model
+    from dfc.graph.stats import model_summary
+    from dfc.measure.validation import load_eval_data, logits_of, parse_floats, preprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")

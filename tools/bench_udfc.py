@@ -34,8 +34,8 @@ def _value(v: str):
 def main() -> None:
     from dfc import progress
     from dfc.api import optimize
-    from dfc.modelio import load_model
-    from dfc.validation import load_eval_data, logits_of, parse_floats, preprocess
+    from dfc.graph.modelio import load_model
+    from dfc.measure.validation import load_eval_data, logits_of, parse_floats, preprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")

@@ -40,9 +40,9 @@ def main(argv=None) -> int:
 
     import dfc.api as api
     from dfc import progress
-    from dfc.adversarial import fgsm_eval
-    from dfc.modelio import load_model
-    from dfc.validation import load_eval_data, logits_of, preprocess, top1
+    from dfc.measure.adversarial import fgsm_eval
+    from dfc.graph.modelio import load_model
+    from dfc.measure.validation import load_eval_data, logits_of, preprocess, top1
 
     progress.set_enabled(False)
     shared = Path(args.shared)

@@ -80,9 +80,10 @@ def with_float_weights(model: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.Mo
 def with_per_channel_activations(model: onnx.ModelProto, fp32: onnx.ModelProto, x: np.ndarray) -> onnx.ModelProto:
     """A copy whose activation quantizers are per channel (axis 1), each channel's range the MSE range of its
     values in `fp32` on `x` (lower end 0 where the per-tensor zero point is 0)."""
-    from dfc.calibration import exposing_session, mse_range
-    from dfc.quant_math import act_qparams
-    from dfc.runtime import run_batched
+    from dfc.measure.channel_stats import exposing_session
+    from dfc.quant.activation_ranges import mse_range
+    from dfc.quant.quant_math import act_qparams
+    from dfc.measure.runtime import run_batched
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -112,9 +113,9 @@ def with_per_channel_activations(model: onnx.ModelProto, fp32: onnx.ModelProto, 
 def main() -> None:
     from dfc import progress
     from dfc.api import load_calibration, optimize
-    from dfc.latency import latency_ratios, median_latencies
-    from dfc.runtime import make_session, run_batched
-    from dfc.validation import fidelity, load_eval_data, parse_floats, preprocess
+    from dfc.measure.latency import latency_ratios, median_latencies
+    from dfc.measure.runtime import make_session, run_batched
+    from dfc.measure.validation import fidelity, load_eval_data, parse_floats, preprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")

@@ -17,9 +17,9 @@ from pathlib import Path
 import onnx
 
 from dfc.errors import DfcError
-from dfc.ort_reader import SampleReader
-from dfc.preflight import lift_opset_for_qdq
-from dfc.signature import Signature
+from dfc.synth.ort_reader import SampleReader
+from dfc.graph.preflight import lift_opset_for_qdq
+from dfc.graph.signature import Signature
 
 ACTIVATION_TYPES = ("uint8", "int8")
 

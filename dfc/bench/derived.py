@@ -39,8 +39,8 @@ def torch_default_export(checkpoint: str | Path, depth: int, path: Path) -> None
 
 def fold_without_statistics(source: str | Path, path: Path) -> None:
     """`cleanup` + `fold-bn` of dfc, the BN statistics dropped from the written model."""
-    from dfc.bn_stats import METADATA_KEY
-    from dfc.modelio import load_model, save_model_atomic
+    from dfc.graph.bn_stats import METADATA_KEY
+    from dfc.graph.modelio import load_model, save_model_atomic
     from dfc.pipeline import PassManager, context_from_model
 
     model = load_model(source)
@@ -68,7 +68,7 @@ def build(name: str, shared: Path, folder: Path) -> Path:
         return path
     import tempfile
 
-    from dfc.modelio import load_model, save_model_atomic
+    from dfc.graph.modelio import load_model, save_model_atomic
 
     rel, depth = CHECKPOINTS[name]
     with tempfile.TemporaryDirectory() as tmp:  # the exporter may write its weights beside the file

@@ -105,7 +105,7 @@ def where_rows_ran(results: dict) -> str:
 
 def write_outputs(results: dict, out: Path, plots: bool = True) -> list[Path]:
     """results.json and results.md (atomic), and with `plots` the PNGs; returns the paths written."""
-    from dfc.modelio import write_bytes_atomic
+    from dfc.graph.modelio import write_bytes_atomic
 
     out = Path(out)
     write_json_atomic(results, out / "results.json")
@@ -129,7 +129,7 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dfc.modelio import atomic_target
+    from dfc.graph.modelio import atomic_target
 
     rows = [r for r in results["rows"] if not r.get("error") and r.get("top1") is not None]
     models = [m for m in results["models"] if any(r["model"] == m for r in rows)]  # labelled models only

@@ -118,8 +118,8 @@ class ModelData:
 
 
 def load_data(spec: ModelSpec) -> ModelData:
-    from dfc.modelio import load_model
-    from dfc.validation import load_eval_data
+    from dfc.graph.modelio import load_model
+    from dfc.measure.validation import load_eval_data
 
     fid_images = load_eval_data(spec.fidelity_data, need_labels=False)[0]
     images, labels = load_eval_data(spec.accuracy_data) if spec.accuracy_data else (None, None)
@@ -130,7 +130,7 @@ class ModelBench:
     """One model's reference outputs, calibration sets and row measurements."""
 
     def __init__(self, spec: ModelSpec, settings: Settings, data: ModelData | None = None):
-        from dfc.validation import preprocess
+        from dfc.measure.validation import preprocess
 
         t0 = time.perf_counter()
         self.spec, self.s = spec, settings
@@ -163,7 +163,7 @@ class ModelBench:
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         """Every output of the model on the fidelity set (the per-output fidelity of unlabelled models)."""
-        from dfc.validation import outputs_of
+        from dfc.measure.validation import outputs_of
 
         return outputs_of(model, self.x_fid)
 
@@ -172,7 +172,7 @@ class ModelBench:
         fidelity set (`real_calib_samples` of them; the non-data-free reference for the ORT baseline)."""
         if method not in self._calib:
             if method == "real":
-                from dfc.validation import preprocess
+                from dfc.measure.validation import preprocess
 
                 x = preprocess(self.fid_images[: self.spec.real_calib_samples], self.mean, self.std)
                 self._calib[method] = x, {"method": "real", "seconds": 0.0}
@@ -217,9 +217,9 @@ class ModelBench:
         return model, time.perf_counter() - t0, info["seconds"], list(report["notes"])
 
     def measure(self, cfg: Config, model: onnx.ModelProto) -> dict:
-        from dfc.latency import median_latencies
-        from dfc.stats import layer_stats, model_summary
-        from dfc.validation import fidelity, output_fidelity, top1
+        from dfc.measure.latency import median_latencies
+        from dfc.graph.stats import layer_stats, model_summary
+        from dfc.measure.validation import fidelity, output_fidelity, top1
 
         summary = model_summary(model)
         acc, fid_logits = (self.ref_acc, self.ref_fid) if cfg.kind == "reference" else self.logits(model)
@@ -285,7 +285,7 @@ def _first_line(e: Exception) -> str:
 
 def _logits(model: onnx.ModelProto, *xs: np.ndarray) -> list[np.ndarray]:
     """The model's logits on each input set, from one ORT session."""
-    from dfc.runtime import make_session, run_batched
+    from dfc.measure.runtime import make_session, run_batched
 
     session = make_session(model)
     return [run_batched(session, x)[0] for x in xs]

@@ -1,0 +1,1 @@
+"""UDFC compensation: closed-form scales (numpy) and their application to the graph."""

@@ -1,0 +1,1 @@
+"""Data-free fine-tuning: the trainable student, kd and block reconstruction, the step-time model."""

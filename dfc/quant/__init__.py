@@ -1,0 +1,1 @@
+"""Quantization: integer formulas, activation-range rules, QDQ emission, bias correction, float-layer choice."""
