@@ -89,7 +89,7 @@ def run(inputs: list[str], outdir: str | Path, options: dict, ray_address: str |
         echo: Callable[[str], None] = print, command: str = "") -> dict:
     """Compress every input with `options` (keyword arguments of `dfc.optimize_with_report`); serial, or one Ray task
     per model reserving the CPUs its latency measurement times on. Returns the summary (also in OUTDIR)."""
-    from dfc.api import DEFAULTS
+    from dfc.options import DEFAULTS
     from dfc.distributed import where
     from dfc.graph.modelio import load_model
 

@@ -31,7 +31,7 @@ def _fail(msg: str, code: int) -> int:
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
     p = _Parser(prog="dfc", description="Data-free compression compiler for ONNX models.")
     p.add_argument("--version", action="version", version=f"dfc {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("input", help="input .onnx model (never modified)")
     o.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
     o.add_argument("--force", action="store_true", help="allow the output to overwrite the input file")
-    add_optimize_options(o)
+    add_optimize_options(o, show_advanced)
     o.add_argument("--report", help="write the JSON report here")
 
     z = sub.add_parser("batch", help="compress many models with one set of options, serially or on Ray")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--ray", metavar="ADDRESS",
                    help="one Ray task per model: auto (the Ray running on this machine, else a new local one) or a "
                         "cluster's address (HOST:6379, ray://HOST:10001); needs the extra dfc[distributed]")
-    add_optimize_options(z)
+    add_optimize_options(z, show_advanced)
 
     e = sub.add_parser("eval", help="top-1 on labelled images; fidelity to a reference model, per output")
     e.add_argument("model")
@@ -86,97 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_optimize_options(o: argparse.ArgumentParser) -> None:
-    """The options of `dfc optimize` that `dfc batch` shares (everything but the input/output files)."""
-    from dfc.synth.sample_sources import CALIB_METHODS
-    from dfc.compensate.compensation import LOSSES as UDFC_LOSSES, METHODS as COMPENSATIONS, PARTNERS as UDFC_PARTNERS
-    from dfc.passes.prune import CRITERIA, SCOPES as PRUNE_SCOPES
+def add_optimize_options(parser: argparse.ArgumentParser, show_advanced: bool = False) -> None:
+    """The options of `dfc optimize` that `dfc batch` shares (everything but the files), from `dfc.options`."""
+    from dfc.options.command_line import add_arguments
 
-    o.add_argument("--prune", type=float, help="fraction of the scope's channels to remove, in [0, 1) (default 0)")
-    o.add_argument("--prune-scope", choices=PRUNE_SCOPES, help="inner: block-private channels; all: residual streams too")
-    o.add_argument("--criterion", choices=CRITERIA,
-                   help="channel ranking: udfc (predicted consumer error after compensation, default), norms of the "
-                        "BN-folded filters (l1, l2), PAODING scale and pair-wise dense pruning (paoding), l1 of the "
-                        "filters before BN folding (l1-prebn)")
-    o.add_argument("--prune-step", type=float, help="progressive pruning step, re-ranking after each (default 0.05)")
-    o.add_argument("--prune-rank", choices=["auto", "uniform", "global"],
-                   help="uniform: the same ratio in every layer; global: channels ranked across layers by the share of "
-                        "their layer's signal they carry; auto (default): both, the one closer to the model on the "
-                        "synthetic probe inputs kept")
-    o.add_argument("--prune-global", action="store_true", help="the same as --prune-rank global")
-    o.add_argument("--channel-multiple", type=int,
-                   help="pruned Conv layers keep a multiple of K channels or stay whole (default: the channel block of "
-                        "ONNX Runtime's NCHWc conv kernels on this CPU, 16 with AVX-512, 8 with AVX2; 1: off)")
-    o.add_argument("--target-latency", type=float,
-                   help="prune until the ORT latency ratio against the original (measured here, batch 64) is at most R; "
-                        "counts quantization when it is on")
-    o.add_argument("--target-size", type=float, help="prune until the file is at most R times the original's")
-    o.add_argument("--target-macs", type=float, help="prune until the MACs are at most R times the original's")
-    o.add_argument("--prune-depth", choices=("on", "off"),
-                   help="toward a target, remove whole residual branches (least error on the synthetic probe per cost "
-                        "saved) before channels (default on; needs calibration samples, synthesized also with --no-quant)")
-    o.add_argument("--compensate", choices=COMPENSATIONS,
-                   help="data-free compensation of pruned and quantized channels (default udfc)")
-    o.add_argument("--udfc-partners", choices=UDFC_PARTNERS,
-                   help="rebuild a pruned channel from one kept channel (single) or a non-negative combination (nnls, default)")
-    o.add_argument("--udfc-loss", choices=UDFC_LOSSES,
-                   help="reconstruction error on the BN-moment model of the activations (bn, default) or on the "
-                        "folded weights and biases (weights)")
-    o.add_argument("--no-udfc-check", action="store_true",
-                   help="keep the pruning compensation even where it does not lower the output error on synthetic "
-                        "probe inputs (by default the pruned model with and without it are compared and the closer kept)")
-    o.add_argument("--no-requant", action="store_true",
-                   help="no UDFC rescaling for quantized channels (pruned channels are still compensated)")
-    o.add_argument("--alpha-p", type=float, help="bias weight of the UDFC weights loss for pruned channels (default 0, from a sweep)")
-    o.add_argument("--alpha-q", type=float, help="bias weight of the UDFC loss for quantized channels (default 1000, from a sweep)")
-    o.add_argument("--wbits", type=int, help="weight bit width 2-8 (default 8)")
-    o.add_argument("--abits", type=int, help="activation bit width 2-8 (default 8)")
-    o.add_argument("--first-last-bits", type=int, help="bit width of the first and last layers (default 8)")
-    o.add_argument("--no-quant", action="store_true", help="no quantization (float output)")
-    o.add_argument("--calib", choices=CALIB_METHODS,
-                   help="synthetic calibration data (default: bns with BatchNorm statistics; without them inception "
-                        "for classifiers, else pink noise)")
-    o.add_argument("--calib-samples", type=int, help="number of calibration samples (default: 256 Gaussian; BNS: as many "
-                                                      "as the inverter's work budget allows, 256 at most)")
-    o.add_argument("--no-bias-correction", action="store_true",
-                   help="no bias correction (by default each quantized layer's bias cancels the mean output shift its "
-                        "weight and input quantization cause, measured on the calibration samples)")
-    o.add_argument("--calibrator", choices=["minmax", "percentile", "mse"], help="activation range rule (default mse: the range that minimises the quantization error)")
-    o.add_argument("--calib-data", help="calibrate on these inputs instead: .npz with `x` (float, as --save-calib "
-                                        "writes) or `images` (uint8 NHWC, with --input-mean/--input-std)")
-    o.add_argument("--save-calib", help="save the synthesized calibration samples to this .npz (key `x`)")
-    o.add_argument("--inverter-steps", type=int, help="BNS inverter: Adam steps per batch (default: from the work "
-                                                       "budget, 100-200)")
-    o.add_argument("--inverter-batch", type=int, help="BNS inverter: samples optimised together (default: all)")
-    o.add_argument("--inverter-size", type=int, help="BNS inverter: synthesize at this image side, then upsample "
-                                                      "(default: smaller only for inputs costing > 130 M MACs)")
-    o.add_argument("--inverter-refine-steps", type=int,
-                   help="BNS inverter: steps at full size after a smaller synthesis size (default 0)")
-    o.add_argument("--inverter-lr", type=float, help="BNS inverter: Adam learning rate (default 0.1)")
-    o.add_argument("--inverter-copies", type=int, help="BNS inverter: augmented copies per sample and step (default 1)")
-    o.add_argument("--finetune", choices=["kd", "blocks"],
-                   help="train the compressed model against the float one on the synthetic samples: kd (knowledge "
-                        "distillation, The Knowledge Within Alg. 2) or blocks (block-wise reconstruction, BRECQ/AdaRound)")
-    o.add_argument("--finetune-steps", type=int, help="fine-tuning steps (kd: in all; blocks: per block; default: "
-                                                      "from a 300 s time budget on 2 CPU cores, predicted from the graph)")
-    o.add_argument("--finetune-time", type=float, help="seconds of fine-tuning the default steps fill, predicted from "
-                                                       "the graph for 2 CPU cores (default 300; not with --finetune-steps)")
-    o.add_argument("--finetune-batch", type=int, help="fine-tuning batch size (default 32)")
-    o.add_argument("--finetune-lr", type=float, help="fine-tuning Adam learning rate (default: kd 3e-4 for float "
-                                                     "parameters, blocks 1e-2 for the roundings)")
-    o.add_argument("--finetune-step-lr", type=float, help="kd: Adam's step on quantized weights, in units of each "
-                                                          "channel's quantization step (default 0.01)")
-    o.add_argument("--device", help="BNS inverter and fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
-    o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    o.add_argument("--input-mean", help="per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406")
-    o.add_argument("--input-std", help="per-channel std of the input normalisation")
-    o.add_argument("--input-shape", help="N,C,H,W to synthesize, calibrate and time at when the model's input dims "
-                                         "are symbolic (default: the shape of --calib-data); the written model keeps them")
-    o.add_argument("--no-measure", action="store_true", help="skip the fidelity probe and latency measurement")
-    o.add_argument("--debug", action="store_true", help="check validity after every pass; tracebacks on errors")
-    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
-
-
+    add_arguments(parser, show_advanced)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -191,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             return _guarded(lambda: bench.main(argv[1:]), debug="--debug" in argv)
         except SystemExit as e:  # its parser's usage errors and --help
             return int(e.code or 0)
+    show_all = "--help-all" in argv  # the advanced options too: the same parser with their help shown
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(show_all).parse_args(["--help" if a == "--help-all" else a for a in argv] if show_all else argv)
     except SystemExit as e:  # usage errors (exit 2, message printed), --help and --version (0)
         return int(e.code or 0)
     args.argv = argv
@@ -237,45 +153,16 @@ def cmd_optimize(args) -> int:
 
 
 def optimize_options(args) -> dict:
-    """The keyword arguments of `dfc.optimize_with_report` from the shared optimize options (checked together)."""
-    from dfc.api import DEFAULTS, load_calibration, uses_samples
-    from dfc.measure.validation import parse_floats, parse_ints
+    """The keyword arguments of `dfc.optimize_with_report` from the parsed flags, checked (`dfc.options.resolve`)."""
+    from dfc.options import resolve
+    from dfc.options.command_line import from_args
 
-    if args.no_quant and any(v is not None for v in (args.wbits, args.abits, args.first_last_bits)):
-        raise DfcError("--no-quant conflicts with --wbits/--abits/--first-last-bits")
-    sampling = uses_samples({"no_quant": args.no_quant, "finetune": args.finetune,
-                             "prune_depth": args.prune_depth or DEFAULTS["prune_depth"], "target_latency": args.target_latency,
-                             "target_size": args.target_size, "target_macs": args.target_macs})
-    if not sampling and any(v is not None for v in (args.calib, args.calib_data, args.save_calib)):
-        raise DfcError("--no-quant without --finetune (or --prune-depth on with a target) uses no samples: "
-                       "--calib/--calib-data/--save-calib do not apply")
-    if args.calib_data and args.calib:
-        raise DfcError("--calib-data and --calib are exclusive (the data replaces the generator)")
-    mean, std = parse_floats(args.input_mean, "--input-mean"), parse_floats(args.input_std, "--input-std")
-    calib_data = load_calibration(args.calib_data, mean, std) if args.calib_data else None
-    return dict(
-        prune=args.prune, prune_scope=args.prune_scope, criterion=args.criterion, compensate=args.compensate,
-        alpha_p=args.alpha_p, alpha_q=args.alpha_q, udfc_partners=args.udfc_partners, udfc_loss=args.udfc_loss,
-        udfc_requant=False if args.no_requant else None, udfc_check=False if args.no_udfc_check else None,
-        prune_step=args.prune_step, prune_global=args.prune_global or None, prune_rank=args.prune_rank,
-        channel_multiple=args.channel_multiple, target_latency=args.target_latency, target_size=args.target_size,
-        target_macs=args.target_macs, prune_depth=args.prune_depth,
-        wbits=args.wbits, abits=args.abits, first_last_bits=args.first_last_bits, no_quant=args.no_quant,
-        calib=args.calib, calib_samples=args.calib_samples, calibrator=args.calibrator,
-        bias_correction=False if args.no_bias_correction else None, seed=args.seed,
-        calib_data=calib_data, save_calib=args.save_calib, inverter_steps=args.inverter_steps,
-        inverter_batch=args.inverter_batch, inverter_lr=args.inverter_lr, inverter_copies=args.inverter_copies,
-        inverter_size=args.inverter_size, inverter_refine_steps=args.inverter_refine_steps,
-        finetune=args.finetune, finetune_steps=args.finetune_steps, finetune_time=args.finetune_time,
-        finetune_batch=args.finetune_batch, finetune_lr=args.finetune_lr, finetune_step_lr=args.finetune_step_lr,
-        device=args.device, input_mean=mean, input_std=std, input_shape=parse_ints(args.input_shape, "--input-shape"),
-        debug=args.debug, measure=not args.no_measure,
-    )
-
+    options = from_args(args)
+    resolve(options)  # every check before any work; the pipeline resolves again (same result)
+    return options
 
 def cmd_batch(args) -> int:
     from dfc import batch, progress
-    from dfc.api import resolve_options
 
     if args.save_calib:
         raise DfcError("--save-calib does not apply to dfc batch (one file for many models); run dfc optimize on the "
@@ -284,8 +171,7 @@ def cmd_batch(args) -> int:
         from dfc.distributed import require_ray
 
         require_ray()  # before any work
-    options = optimize_options(args)
-    resolve_options(options)  # a bad option fails once, before any model is read
+    options = optimize_options(args)  # a bad option fails once, before any model is read
     progress.set_enabled(not args.quiet and not args.ray)
     echo = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     summary = batch.run(args.inputs, args.output_dir, options, ray_address=args.ray, echo=echo,
@@ -364,7 +250,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bns_score(args) -> int:
-    from dfc.api import load_calibration
+    from dfc.synth.sample_files import load_calibration
     from dfc.synth.inverter import score
     from dfc.graph.modelio import load_model
     from dfc.pipeline import PassManager, context_from_model

@@ -3,7 +3,7 @@
 1. Dead channels (identically zero groups) are removed first, always: exact.
 2. With ratio R > 0, the groups in scope (`inner`: block-private groups, no residual join and no
    graph output; `all`: residual streams too) are removed in steps of `step` until R of every
-   layer's groups are gone (uniform), or R of all groups ranked together (`global_rank`; "auto": both, checked
+   layer's groups are gone (uniform), or R of all groups ranked together (`rank` global; "auto": both, checked
    on the probe, see below). The
    graph is re-analysed and the groups re-ranked after every step.
 With a target and `depth`, whole residual branches are removed first (`dfc.prune.branches`: y = S + f(S) becomes
@@ -39,66 +39,25 @@ import onnx_graphsurgeon as gs
 from dfc.graph import ir
 from dfc.prune import pairwise
 from dfc.measure import probe
-from dfc.graph.bn_stats import ESTIMATED
 from dfc.prune.channel_budget import LayerCosts, aligned_keep, pick_chunks
 from dfc.prune.channels import ChannelAnalysis, Group
-from dfc.compensate.compensation import LOSSES, METHODS as COMPENSATIONS, PARTNERS, FamilyModel, WeightEditor, compensate_pruned
+from dfc.prune.criteria import group_scores, in_scope, relative
+from dfc.compensate.compensation import FamilyModel, WeightEditor, compensate_pruned
 from dfc.compensate.compensation import consumer_norms, family_name, path_problem, removal_errors, round_sig, skipped_notes
 from dfc.compensate.sink_moments import group_moments
 from dfc.errors import DfcError
 from dfc.prune.intervals import activation_bounds
+from dfc.options.schema import by_name, check_value
 from dfc.pipeline import Context, Pass, register
 from dfc.progress import manual_bar
 from dfc.prune.targets import KINDS as TARGET_KINDS, TargetMeter
 from dfc.measure.runtime import nchwc_block
 from dfc.prune.surgery import is_dead, remove_groups
 
-CRITERIA = ("udfc", "l1", "l2", "paoding", "l1-prebn")
 TARGET_ROUNDS = 3
 UNIFORM_MAX = 0.95  # the largest uniform ratio a target search tries
 PROBE_SAMPLES, PROBE_SALT = 256, 3
 DEPTH_PROBE_SAMPLES = 64  # per candidate branch and removal: one ORT run each
-SCOPES = ("inner", "all")
-
-
-def filter_scores(node: gs.Node, criterion: str, bn_stats=None) -> np.ndarray:
-    """Per output channel of a Conv/Gemm/MatMul: l1, l2 or PAODING scale of its (folded) filter;
-    `l1-prebn`: l1 of the filter before BN folding, W / k with k = γ/√(σ²+ε) from the kept BN stats."""
-    w = ir.const_value(node.inputs[1]).astype(np.float64)
-    rows = ir.weight_rows(node, w)
-    if criterion == "l1-prebn":
-        st = (bn_stats or {}).get(node.outputs[0].name)
-        if st is not None and st.source != ESTIMATED and st.channels == rows.shape[0]:
-            rows = rows / np.maximum(np.abs(st.gamma / np.sqrt(st.var + st.eps)), 1e-12)[:, None]
-        return np.abs(rows).sum(1)
-    if criterion == "l2":
-        return np.sqrt((rows ** 2).sum(1))
-    l1 = np.abs(rows).sum(1)
-    return l1 / rows.shape[1] if criterion == "paoding" else l1
-
-
-def relative(scores: np.ndarray, plain: np.ndarray | None = None) -> np.ndarray:
-    """`scores` over the sum of `plain` (the scores themselves when None): the share of the family's total."""
-    total = float(np.sum(scores if plain is None else plain))
-    return np.asarray(scores, np.float64) / total if total > 0 else np.asarray(scores, np.float64)
-
-
-def group_scores(groups: list[Group], criterion: str, bn_stats=None) -> np.ndarray:
-    """Mean criterion over each group's weight origins (a group of only padded zeros scores 0)."""
-    cache: dict[int, np.ndarray] = {}
-    out = np.zeros(len(groups))
-    for k, g in enumerate(groups):
-        vals = []
-        for node, c in g.origins:
-            if id(node) not in cache:
-                cache[id(node)] = filter_scores(node, criterion, bn_stats)
-            vals.append(cache[id(node)][c])
-        out[k] = float(np.mean(vals)) if vals else 0.0
-    return out
-
-
-def in_scope(g: Group, scope: str) -> bool:
-    return not g.blocked and (scope == "all" or not g.residual)
 
 
 @register
@@ -107,30 +66,28 @@ class Prune(Pass):
 
     @classmethod
     def default_options(cls):
-        return {"ratio": 0.0, "scope": "inner", "criterion": "udfc", "step": 0.05, "global_rank": False,
+        return {"ratio": 0.0, "scope": "inner", "criterion": "udfc", "step": 0.05, "rank": "uniform",
                 "compensate": "none", "partners": "nnls", "loss": "bn", "alpha_p": 0.0, "alpha_q": 1000.0,
                 "weight_bits": None, "check": True, "multiple": 1, "target": None, "quant": None, "threads": 2,
                 "latency_batch": 64, "depth": False}
 
     def run(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         o = self.options
-        for key, allowed in (("scope", SCOPES), ("criterion", CRITERIA), ("compensate", COMPENSATIONS),
-                             ("partners", PARTNERS), ("loss", LOSSES)):
-            if o[key] not in allowed:
-                raise DfcError(f"prune: {key} must be one of {', '.join(allowed)}, got {o[key]!r}")
-        if not 0 < float(o["step"]) <= 1:
-            raise DfcError(f"--prune-step must be in (0, 1], got {o['step']!r}")
-        if int(o["multiple"]) < 1:
-            raise DfcError(f"--channel-multiple must be an integer >= 1, got {o['multiple']!r}")
+        schema = by_name()  # the options' own rules, named as this pass's options
+        for key, name in (("scope", "prune_scope"), ("criterion", "criterion"), ("compensate", "compensate"),
+                          ("partners", "udfc_partners"), ("loss", "udfc_loss"), ("step", "prune_step"),
+                          ("multiple", "channel_multiple"), ("rank", "prune_rank")):
+            check_value(schema[name], o[key], f"prune: {key}")
         if o["target"] is not None:
             kind, goal = o["target"]
-            if kind not in TARGET_KINDS or not 0 < float(goal) <= 1:
-                raise DfcError(f"prune: target must be (one of {', '.join(TARGET_KINDS)}, ratio in (0, 1]), got {o['target']!r}")
+            if kind not in TARGET_KINDS:
+                raise DfcError(f"prune: target kind must be one of {', '.join(TARGET_KINDS)}, got {kind!r}")
+            check_value(schema["target_" + kind], goal, f"prune: target {kind}")
         graph = ir.infer_shapes(graph)
         before = _layer_shapes(graph)
         analysis = ChannelAnalysis(graph)
         res: dict = {"ratio": o["ratio"], "scope": o["scope"], "criterion": o["criterion"], "step": o["step"],
-                     "global": o["global_rank"] is True, "multiple": int(o["multiple"]),
+                     "global": o["rank"] == "global", "multiple": int(o["multiple"]),
                      "blocked": _blocked_summary(analysis.groups)}
         dead = [g for g in analysis.groups if is_dead(g, analysis)]
         graph = remove_groups(graph, analysis, dead, ctx)
@@ -139,10 +96,10 @@ class Prune(Pass):
             graph, res["depth"] = self._remove_branches(graph, ctx)
             dead = True  # the analysis is stale
         if o["ratio"] > 0 or o["target"] is not None:
-            if o["check"] and (o["compensate"] != "none" or o["global_rank"] == "auto"):
+            if o["check"] and (o["compensate"] != "none" or o["rank"] == "auto"):
                 graph, stats = self._checked_schedule(graph, ctx)
             else:
-                runner = self if o["global_rank"] != "auto" else Prune(**{**o, "global_rank": False})
+                runner = self if o["rank"] != "auto" else Prune(**{**o, "rank": "uniform"})
                 runner._meter = self._meter
                 graph, stats = runner._schedule(graph, ctx, None if dead else analysis)
             res.update(stats)
@@ -154,36 +111,36 @@ class Prune(Pass):
     # ---------------------------------------------------------------- schedule
 
     def _checked_schedule(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
-        """The schedule with and without compensation (and, with `global_rank` "auto", with uniform and global
+        """The schedule with and without compensation (and, with `rank` "auto", with uniform and global
         ranking) on copies of `graph`; keeps the candidate closest to `graph` on the probe inputs, so compensation
         never makes the result worse there and the ranking that suits the model is taken (ResNet-56 0.3 inner:
         uniform, probe MSE 2.44 vs 5.07 global, top-1 89.48 vs 87.71; EfficientNet-Lite0 0.1: global, 0.32 vs 0.67,
         top-1 83.4 vs 72.2). Unchecked, with a note, when no probe batch can be made."""
         o = self.options
         x = probe.inputs(graph, ctx, PROBE_SAMPLES, salt=PROBE_SALT, purpose="prune: the check of UDFC compensation")
-        ranks = [False, True] if o["global_rank"] == "auto" else [bool(o["global_rank"])]
+        ranks = ["uniform", "global"] if o["rank"] == "auto" else [o["rank"]]
         comps = [o["compensate"], "none"] if o["compensate"] != "none" else ["none"]
         if x is None:
-            return Prune(**{**o, "global_rank": ranks[0]})._schedule(graph, ctx, None)
+            return Prune(**{**o, "rank": ranks[0]})._schedule(graph, ctx, None)
         base = ir.export_model(graph)
         ref = probe.outputs(base, x)
         trials = {}
         for comp in comps:
             for rank in ranks:
-                runner = Prune(**{**o, "compensate": comp, "global_rank": rank})
+                runner = Prune(**{**o, "compensate": comp, "rank": rank})
                 runner._meter = self._target_meter(graph, ctx)
                 tctx = probe.trial_context(ctx)
-                name = f"{comp}, {'global' if rank else 'uniform'}"
+                name = f"{comp}, {rank}"
                 g, stats = runner._schedule(ir.import_graph(base), tctx, None, desc=f"prune ({name})")
                 trials[(comp, rank)] = (g, stats, tctx, probe.mse(ref, probe.outputs(g, x)))
-        best = {comp: min((trials[(comp, r)][3], r) for r in ranks)[1] for comp in comps}  # per comp, its best rank
+        best = {comp: ranks[min((trials[(comp, r)][3], i) for i, r in enumerate(ranks))[1]] for comp in comps}  # per comp, its best rank (ties: the first)
         err = {comp: trials[(comp, best[comp])][3] for comp in comps}
         pick = comps[0] if err[comps[0]] <= err[comps[-1]] else comps[-1]
         g, stats, tctx, _ = trials[(pick, best[pick])]
         probe.adopt(ctx, tctx)
-        stats["global"] = best[pick]
-        stats["ranking_check"] = {"probe": probe.source(ctx), "samples": int(len(x)), "kept": "global" if best[pick] else "uniform",
-                                  "mse": {f"{c}, {'global' if r else 'uniform'}": round_sig(t[3]) for (c, r), t in trials.items()}}
+        stats["global"] = best[pick] == "global"
+        stats["ranking_check"] = {"probe": probe.source(ctx), "samples": int(len(x)), "kept": best[pick],
+                                  "mse": {f"{c}, {r}": round_sig(t[3]) for (c, r), t in trials.items()}}
         if o["compensate"] == "none":
             return g, stats
         err_c, err_n = err[comps[0]], err["none"]
@@ -297,7 +254,7 @@ class Prune(Pass):
             last: dict = {"exhausted": False, "predicted": None}
 
             def want(k, graph, families, n0, removed, scores_of, aim=aim, last=last):
-                if o["global_rank"] is not True:
+                if o["rank"] != "global":
                     return self._uniform_toward(k, graph, families, n0, removed, scores_of, meter, aim, last)
                 costs = LayerCosts.of(graph, families, meter.cost, bits if kind != "macs" else None)
                 layers = costs.total()
@@ -490,7 +447,7 @@ class Prune(Pass):
         """Criterion per group, lowest pruned first, as a fraction of the family's total (`relative`): `udfc`, the
         predicted consumer error after compensation over the error of removing every group of the family without
         it (the family's share of the consumers' signal); the norms over their sum. Within a family this is the
-        plain ranking; across families (`global_rank`) it compares what each layer loses of its own signal, so a
+        plain ranking; across families (`rank` global) it compares what each layer loses of its own signal, so a
         narrow, sensitive layer is not emptied because its errors are small in absolute terms."""
         o = self.options
         if o["criterion"] != "udfc":
@@ -510,7 +467,7 @@ class Prune(Pass):
         """How many groups each family loses in this step (each keeps at least one; with a channel multiple K, a
         Conv family keeps a multiple of K or stays whole, `dfc.prune.channel_budget`)."""
         multiple = {f: self._multiple_of(families[f]) for f in families}
-        if self.options["global_rank"] is not True:
+        if self.options["rank"] != "global":
             return {f: (n0[f] - aligned_keep(n0[f], r, multiple[f])) - removed[f] for f in families}
         # global: rank every candidate by its criterion, a fraction of its own layer's total (`_scores`)
         total = round(r * sum(n0.values())) - sum(removed.values())

@@ -10,7 +10,8 @@ from conftest import bn_node, bn_params, make_model, rand, run
 from onnx import helper
 
 from dfc.graph import ir
-from dfc.api import optimize_with_report, prune_depth, resolve_options
+from dfc.api import optimize_with_report
+from dfc.options.resolve import prune_depth, resolve as resolve_options
 from dfc.prune.branches import remove_branch, residual_branches
 from dfc.errors import DfcError
 from dfc.pipeline import PassManager, context_from_model, get_pass

@@ -75,7 +75,7 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--prune-step", "0"], "--prune-step must be in (0, 1]"),
+        (["--prune-step", "0"], "--prune-step must be a ratio in (0, 1]"),
         (["--alpha-p", "-1"], "--alpha-p must be a finite number >= 0"),
         (["--calib", "bns", "--inverter-lr", "0"], "--inverter-lr must be a positive number"),
         (["--prune", "1.5"], "--prune must be a ratio in [0, 1)"),
@@ -85,7 +85,7 @@ def test_no_quant_reproduces_outputs_and_removes_bn(tmp_path):
         (["--no-quant", "--wbits", "4"], "--no-quant conflicts"),
         (["--no-quant", "--calib", "bns"], "--no-quant without --finetune (or --prune-depth on with a target) uses no samples"),
         (["--finetune", "kd", "--finetune-steps", "-1"], "--finetune-steps must be an integer >= 0"),
-        (["--finetune", "kd", "--finetune-time", "0"], "--finetune-time must be a positive number of seconds"),
+        (["--finetune", "kd", "--finetune-time", "0"], "--finetune-time must be a positive number"),
         (["--finetune", "kd", "--finetune-time", "60", "--finetune-steps", "5"], "cannot be combined with --finetune-steps"),
         (["--input-mean", "0.5,0.5", "--input-std", "0.5,0.5"], "the model input has 1 channels"),
         (["--input-mean", "a"], "--input-mean: expected comma-separated numbers"),

@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 
 from conftest import calibrate_bn, run
 from dfc.api import optimize
-from dfc.passes.prune import CRITERIA
+from dfc.prune.criteria import CRITERIA
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -133,7 +133,7 @@ def test_uniform_ratio_per_layer_and_criterion_order(criterion):
     assert _channels(out) == {"conv1": 6, "conv2": 12, "conv3": 4}
     assert rep["passes"]["prune"]["steps"] == 3
     # the kept filters of conv1 are the 6 highest-scoring ones of the original
-    from dfc.passes.prune import filter_scores
+    from dfc.prune.criteria import filter_scores
 
     g = ir.import_graph(m)
     scores = filter_scores([n for n in g.nodes if n.name == "conv1"][0], criterion)
@@ -151,7 +151,7 @@ def test_global_ranking_compares_layers_and_keeps_one_channel_each():
 
 
 def test_prebn_criterion_uses_the_kept_bn_statistics():
-    from dfc.passes.prune import filter_scores
+    from dfc.prune.criteria import filter_scores
     from dfc.pipeline import Context
 
     ctx = Context()

@@ -44,7 +44,8 @@ PRECISIONS = {"w8a8": {}, "w4a4": {"wbits": 4, "abits": 4, "first_last_bits": 8}
 
 def samples(model, source: str, mean, std, seed: int, steps: int | None, n: int | None):
     from dfc.synth import sample_sources
-    from dfc.api import _context, _work_model, resolve_options
+    from dfc.api import _context, _work_model
+    from dfc.options import resolve as resolve_options
     from dfc.synth.inverter import Inverter, InverterConfig
     from dfc.pipeline import PassManager
 

@@ -112,7 +112,8 @@ def with_per_channel_activations(model: onnx.ModelProto, fp32: onnx.ModelProto, 
 
 def main() -> None:
     from dfc import progress
-    from dfc.api import load_calibration, optimize
+    from dfc.api import optimize
+    from dfc.synth.sample_files import load_calibration
     from dfc.measure.latency import latency_ratios, median_latencies
     from dfc.measure.runtime import make_session, run_batched
     from dfc.measure.validation import fidelity, load_eval_data, parse_floats, preprocess

@@ -88,3 +88,8 @@ def pink_samples(shape: tuple[int, ...], n: int, rng: np.random.Generator, input
         lo, hi = (np.asarray(v, np.float32).reshape((1, -1, 1, 1)) for v in input_range)
         x = np.clip(x, lo, hi)
     return x
+
+
+def calibration_method(o: dict, ctx, model: onnx.ModelProto) -> str:
+    """--calib, else the best source the model allows (`best_available_method`)."""
+    return o["calib"] or best_available_method(ctx.bn_stats_found, is_classifier(model))
