@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from dfc.graph import ir
 from dfc.compensate.compensation import compensate_quantized, skipped_notes
 from dfc.pipeline import Context, Pass, register
-from dfc.passes.quantize import weight_bit_plan
+from dfc.quant.layers import weight_bit_plan
 
 
 @register

@@ -145,7 +145,7 @@ def test_save_calib_is_refused_before_any_work(tmp_path):
 
 
 def test_depthwise_weights_keep_the_first_last_width():
-    from dfc.passes.quantize import weight_bit_plan
+    from dfc.quant.layers import weight_bit_plan
     from dfc.pipeline import Context, PassManager
     from dfc.graph import ir
 

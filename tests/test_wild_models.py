@@ -212,7 +212,7 @@ def test_eval_without_labels_reports_every_output(tmp_path, capsys):
 def test_float_layer_candidates_follow_the_graph():
     from dfc.graph import ir
     from dfc.quant.float_layers import candidates
-    from dfc.passes.quantize import quantizable_layers
+    from dfc.quant.layers import quantizable_layers
     from conftest import conv_bn_relu_cnn
 
     g = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(conv_bn_relu_cnn(), Context()))

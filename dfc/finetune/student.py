@@ -27,8 +27,8 @@ from onnx import numpy_helper
 from dfc.errors import DfcError
 from dfc.quant.quant_math import code_range_of
 from dfc.synth.torch_exec import TorchGraph, round_ste
+from dfc.graph.ops import WEIGHTED
 
-WEIGHTED = ("Conv", "Gemm", "MatMul")
 ZETA, GAMMA = 1.1, -0.1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from dfc.graph.ops import WEIGHTED
 
 MIN_OPSET = 11
 
@@ -223,7 +224,7 @@ def rank_of(t: gs.Tensor) -> int | None:
 
 def weighted_nodes(graph: gs.Graph) -> list[gs.Node]:
     """Conv / Gemm / MatMul nodes whose weight (input 1) is a constant, in topological order."""
-    return [n for n in graph.nodes if n.op in ("Conv", "Gemm", "MatMul") and const_value(input_at(n, 1)) is not None]
+    return [n for n in graph.nodes if n.op in WEIGHTED and const_value(input_at(n, 1)) is not None]
 
 
 def count_params(graph: gs.Graph) -> int:

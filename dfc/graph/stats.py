@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
+from dfc.graph.ops import WEIGHTED
 
 
 @dataclass
@@ -79,7 +80,7 @@ def layer_stats(model: onnx.ModelProto) -> list[LayerStats]:
     graph = ir.infer_shapes(ir.tidy(graph))
     rows = []
     for n in graph.nodes:
-        if n.op not in ("Conv", "Gemm", "MatMul"):
+        if n.op not in WEIGHTED:
             continue
         w, quant = _weight(n)
         if w is None:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
+from dfc.graph.ops import WEIGHTED
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def residual_branches(graph: gs.Graph, bn_stats=None) -> list[Branch]:
             nodes = _branch_nodes(graph, out, src)
             if nodes is None:
                 continue
-            layers = tuple(n.name for n in nodes if n.op in ("Conv", "Gemm", "MatMul"))
+            layers = tuple(n.name for n in nodes if n.op in WEIGHTED)
             if layers:
                 found.append(Branch(add.name, index, src.name, out.name, tuple(n.name for n in nodes), layers))
     return found

@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
 from dfc.prune.layer_cost import LayerSpec, spec_of
+from dfc.graph.ops import WEIGHTED
 
 
 def allowed_drop(count: int, n0: int, multiple: int) -> int:
@@ -69,7 +70,7 @@ class LayerCosts:
         layer name when the model will be quantized."""
         self = cls(cost)
         for n in graph.nodes:
-            if n.op in ("Conv", "Gemm", "MatMul"):
+            if n.op in WEIGHTED:
                 spec = spec_of(n, (bits or {}).get(n.name, 32))
                 if spec is not None:
                     self.layers[n.name] = _Layer(spec)

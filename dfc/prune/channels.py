@@ -29,9 +29,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
+from dfc.graph.ops import WEIGHTED
 
 CHANNEL_AXIS = 1
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+WEIGHT_OPS = WEIGHTED
 # channel-wise ops that map 0 to 0 (dead channels stay dead through them)
 ZERO_PRESERVING_UNARY = {
     "Relu", "LeakyRelu", "Tanh", "Identity", "Dropout", "Neg", "Abs", "Softsign", "Elu", "Selu", "Gelu",

@@ -24,6 +24,7 @@ from dfc.prune.channels import (
     BINARY, CHANNEL_AXIS, PARAM_INPUTS, POOLS, ZERO_PRESERVING_UNARY, ChannelAnalysis, Group, pad_amounts, slice_spec,
 )
 from dfc.pipeline import Context
+from dfc.graph.ops import WEIGHTED
 
 
 def remove_groups(graph: gs.Graph, analysis: ChannelAnalysis, groups: list[Group], ctx: Context | None = None) -> gs.Graph:
@@ -62,7 +63,7 @@ def _set_input(n: gs.Node, i: int, value: np.ndarray) -> None:
 
 def _rewrite(n: gs.Node, keep: dict[str, np.ndarray], size: dict[str, int]) -> None:
     x, y = n.inputs[0], n.outputs[0]
-    if n.op in ("Conv", "Gemm", "MatMul"):
+    if n.op in WEIGHTED:
         return _rewrite_weighted(n, _kept(keep, size, x), _kept(keep, size, y))
     if n.op in PARAM_INPUTS:
         ky = _kept(keep, size, y)
@@ -152,7 +153,7 @@ def is_dead(g: Group, analysis: ChannelAnalysis) -> bool:
             return False
     for name, chans in g.members.items():
         p = ir.producer(analysis.tensors[name])
-        if p is None or (p.op in ("Conv", "Gemm", "MatMul") and int(p.attrs.get("group", 1)) == 1):
+        if p is None or (p.op in WEIGHTED and int(p.attrs.get("group", 1)) == 1):
             continue
         if not _maps_zero_to_zero(p, chans, analysis):
             return False

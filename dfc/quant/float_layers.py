@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
 
-from dfc.passes.quantize import POOLS, SHARED_PARAM_OPS, WEIGHTED
+from dfc.graph.ops import POOLS, SHARED_PARAM_OPS, WEIGHTED
 
 #: ops the QDQ graph runs on integers (a weighted layer, a residual Add, pooling) or that reuse their input's
 #: quantization (value-preserving ops; Relu/Clip absorbed by the quantizer before them)
