@@ -25,7 +25,7 @@ import torch
 from onnx import numpy_helper
 
 from dfc.errors import DfcError
-from dfc.quant.quant_math import code_range_of
+from dfc.quant.quant_math import INT32_MAX, code_range_of, quantize_codes
 from dfc.synth.torch_exec import TorchGraph, round_ste
 from dfc.graph.ops import WEIGHTED
 
@@ -47,14 +47,14 @@ class QuantizedTensor(torch.nn.Module):
                  learn_rounding: bool = False):
         super().__init__()
         self.dtype = codes.dtype
-        lo, hi = code_range_of(codes) if codes.dtype == np.int8 else (-(2**31 - 1), 2**31 - 1)
+        lo, hi = code_range_of(codes) if codes.dtype == np.int8 else (-INT32_MAX, INT32_MAX)
         self.qmin, self.qmax = float(lo), float(hi)
         s = np.asarray(scale, np.float32)
         self.register_buffer("scale", torch.from_numpy(s.reshape(_axis_shape(codes.ndim, axis)) if s.size > 1 else s.reshape(())))
         s_b = s.reshape(_axis_shape(codes.ndim, axis) if s.size > 1 else ())
         w = codes.astype(np.float32) * s_b
         if latent is not None and latent.shape == codes.shape and np.array_equal(
-                np.clip(np.round(np.asarray(latent, np.float32) / s_b), self.qmin, self.qmax), codes):
+                quantize_codes(np.asarray(latent, np.float32), s_b, self.qmin, self.qmax), codes):
             w = np.array(latent, np.float32)  # the float weights these codes were rounded from
         else:
             learn_rounding = False  # no float weights behind these codes: AdaRound has no fractional parts to learn
@@ -97,11 +97,11 @@ class QuantizedTensor(torch.nn.Module):
         with torch.no_grad():
             if torch.equal(*((self.v, self.v0) if self.learn_rounding else (self.w, self.w0))):
                 return self.codes0.copy()
-            if self.learn_rounding:
+            if self.learn_rounding:  # floor + the learned rounding bit: codes already, clipped to the range
                 q = (self.floor + (self.v >= 0).to(self.v.dtype)).cpu().numpy().astype(np.float64)
-            else:
-                q = np.round(self.w.cpu().numpy().astype(np.float64) / self.scale.cpu().numpy().astype(np.float64))
-            return np.clip(q, self.qmin, self.qmax).astype(self.dtype)
+                return np.clip(q, self.qmin, self.qmax).astype(self.dtype)
+            return quantize_codes(self.w.cpu().numpy().astype(np.float64), self.scale.cpu().numpy().astype(np.float64),
+                                  self.qmin, self.qmax, dtype=self.dtype)
 
 
 class FloatTensor(torch.nn.Module):
@@ -275,7 +275,7 @@ class Student(TorchGraph):
             scale = (s_x * weights[layer].scale.cpu().numpy().ravel().astype(np.float32)).astype(np.float32)
             with torch.no_grad():
                 b = m().cpu().numpy().astype(np.float64).ravel()
-            out[self.initializer_of[key]] = np.clip(np.round(b / scale), -(2**31 - 1), 2**31 - 1).astype(np.int32)
+            out[self.initializer_of[key]] = quantize_codes(b, scale, -INT32_MAX, INT32_MAX, dtype=np.int32)
             out[self._scale_const[key]] = scale
         return out
 

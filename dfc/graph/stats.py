@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
-from dfc.graph.ops import WEIGHTED
+from dfc.graph.ops import WEIGHTED, layer_macs
 
 
 @dataclass
@@ -64,10 +64,7 @@ def _macs(n: gs.Node, w: np.ndarray) -> int:
     out = n.outputs[0].shape
     if out is None or any(not isinstance(d, (int, np.integer)) for d in out[1:]):
         return 0
-    if n.op == "Conv":
-        return int(np.prod(out[1:])) * int(np.prod(w.shape[1:]))
-    k = w.shape[1] if (n.op == "Gemm" and int(n.attrs.get("transB", 0))) else w.shape[0]
-    return int(np.prod(out[1:])) * int(k)
+    return layer_macs(n.op, int(np.prod(out[1:])), w.shape, n.op == "Gemm" and bool(int(n.attrs.get("transB", 0))))
 
 
 def layer_stats(model: onnx.ModelProto) -> list[LayerStats]:

@@ -31,6 +31,8 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
 from dfc.graph import ir
+from dfc.quant import quant_math as qm
+from dfc.graph.ops import layer_macs
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,9 @@ class LayerSpec:
     @property
     def macs(self) -> int:
         if self.op != "Conv":
-            return self.c_in * self.c_out
-        per_out = (1 if self.depthwise else self.c_in) * int(np.prod(self.kernel))
-        return int(np.prod(self.out_hw)) * self.c_out * per_out
+            return layer_macs("Gemm", self.c_out, (self.c_in, self.c_out))
+        weight_shape = (self.c_out, 1 if self.depthwise else self.c_in, *self.kernel)
+        return layer_macs("Conv", int(np.prod(self.out_hw)) * self.c_out, weight_shape)
 
     @property
     def weights(self) -> int:
@@ -213,8 +215,7 @@ def layer_model(spec: LayerSpec, batch: int, quantized: bool) -> onnx.ModelProto
         inits += [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
         nodes.append(helper.make_node(spec.op, ["x", "w", "b"], ["y"], **attrs))
     else:
-        ws = np.maximum(np.abs(w).reshape(spec.c_out, -1).max(1) / 127, 1e-8).astype(np.float32)
-        wq = np.clip(np.round(w / ws.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
+        wq, ws = qm.quantize_weight(w, 8, 0)  # as `quantize` writes 8-bit weights
         sx = np.float32(0.05)
         inits += [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(ws, "ws"),
                   numpy_helper.from_array(np.zeros(spec.c_out, np.int8), "wz"),

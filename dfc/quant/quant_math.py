@@ -40,9 +40,16 @@ class ActQParams:
         return (0 - self.zero_point) * self.scale, (self.qmax - self.zero_point) * self.scale
 
 
+def quantize_codes(x, scale, lo, hi, zero_point=0, dtype=None) -> np.ndarray:
+    """clip(round(x / s) + zp, lo, hi): the integer codes of `x` (ONNX QuantizeLinear, round half to even), as `dtype`
+    when given. The one rounding formula of dfc (weights, biases, activations, constants, students)."""
+    q = np.clip(np.round(x / scale) + zero_point, lo, hi)
+    return q if dtype is None else q.astype(dtype)
+
+
 def fake_quant_act(v: np.ndarray, p: ActQParams) -> np.ndarray:
     """(clip(round(v/s) + zp, 0, 2^b − 1) − zp)·s: what a QuantizeLinear → DequantizeLinear pair gives."""
-    q = np.clip(np.round(v / p.scale) + p.zero_point, 0, p.qmax)
+    q = quantize_codes(v, p.scale, 0, p.qmax, p.zero_point)
     return (q - p.zero_point) * p.scale
 
 
@@ -98,7 +105,7 @@ def weight_scales(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
     for i in range(0, len(CLIP_RATIOS) if bits < CLIP_BELOW_BITS else 0, per):
         c = CLIP_RATIOS[i:i + per, None]
         s = np.where(amax > 0, c * amax / qpos, 1.0)[:, :, None]  # [ratios, channels, 1]
-        err = ((rows - s * np.clip(np.round(rows / s), qmin, qmax)) ** 2).sum(2)
+        err = ((rows - s * quantize_codes(rows, s, qmin, qmax)) ** 2).sum(2)
         for k in range(len(c)):  # in order: ties keep the larger scale (no clipping without gain)
             better = err[k] < best_err * (1 - 1e-9)
             best_s, best_err = np.where(better, s[k, :, 0], best_s), np.where(better, err[k], best_err)
@@ -112,7 +119,7 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np
     scale = weight_scales(w, bits, axis)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), qmin, qmax).astype(np.int8)
+    q = quantize_codes(w, scale.reshape(shape), qmin, qmax, dtype=np.int8)
     return q, scale
 
 
@@ -125,7 +132,7 @@ def dequantize_weight(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray
 def quantize_bias(b: np.ndarray, x_scale: float, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int32 codes, float32 scales) with scale = s_x · s_w per output channel, zero point 0."""
     scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
-    q = np.clip(np.round(b.astype(np.float64) / scale), -INT32_MAX, INT32_MAX).astype(np.int32)
+    q = quantize_codes(b.astype(np.float64), scale, -INT32_MAX, INT32_MAX, dtype=np.int32)
     return q, scale
 
 
