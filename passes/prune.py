@@ -46,7 +46,7 @@ from dfc.options.schema import by_name, check_value
 from dfc.pipeline import Context, Pass, register
 from dfc.prune.schedule import PruneSchedule
 from dfc.prune.target_search import TargetSearch
-from dfc.prune.targets import KINDS as TARGET_KINDS, TargetMeter
+from dfc.prune.target_meter import KINDS as TARGET_KINDS, TargetMeter
 from dfc.measure.runtime import nchwc_block
 from dfc.prune.surgery import is_dead, remove_groups
 

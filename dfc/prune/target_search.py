@@ -17,7 +17,7 @@ from dfc.prune.channels import ChannelAnalysis, Group
 from dfc.compensate.compensation import round_sig
 from dfc.pipeline import Context
 from dfc.prune.schedule import merge_stats
-from dfc.prune.targets import TargetMeter
+from dfc.prune.target_meter import TargetMeter
 
 TARGET_ROUNDS = 3
 UNIFORM_MAX = 0.95  # the largest uniform ratio a target search tries
