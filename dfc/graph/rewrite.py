@@ -19,10 +19,7 @@ this terminates) and counts the rewrites per rule. Rules here (each exact):
   `x · HardSigmoid(x)`: the one form of hard-swish and its gate that the later passes know. ONNX Runtime runs it in
   two element-wise passes instead of four (PP-OCR's 64×16×24×96 activation: 0.54 ms vs 1.70 ms); the values agree
   to float rounding (|Δ| ≤ 1e-6 on x ∈ ±10).
-On the QDQ form (`QDQ_RULES`, run by `quantize`):
-- `integer-pad`: DQ → [Slice …] → zero Pad → Q, where Q has the DQ's parameters, → [Slice …] → Pad → DQ on the
-  quantized tensor, the Pad filling with the zero point (the code of 0.0): the option-A shortcut of the CIFAR
-  ResNets runs on uint8 (ORT has no fused Pad; otherwise it runs in float between a DQ and a Q). Bit-exact.
+Rule sets elsewhere use the same mechanism: `dfc.quant.qdq.QDQ_RULES` on the quantized graph.
 """
 
 from __future__ import annotations
@@ -390,34 +387,6 @@ def _matmul_bias_add(graph: gs.Graph, node: gs.Node) -> bool:
     return True
 
 
-def _integer_pad(graph: gs.Graph, pad: gs.Node) -> bool:
-    if not ir.is_zero_pad(pad):
-        return False
-    q = ir.single_consumer(pad.outputs[0], graph)
-    if q is None or q.op != "QuantizeLinear" or ir.input_at(pad, 3) is not None:
-        return False
-    chain, t = [pad], pad.inputs[0]
-    while ir.producer(t) is not None and ir.producer(t).op == "Slice" and ir.single_consumer(t, graph) is not None:
-        chain.insert(0, ir.producer(t))
-        t = chain[0].inputs[0]
-    dq = ir.producer(t)
-    if dq is None or dq.op != "DequantizeLinear" or any(
-            not np.array_equal(ir.const_value(a), ir.const_value(b)) for a, b in zip(dq.inputs[1:3], q.inputs[1:3])):
-        return False
-    codes = dq.inputs[0]
-    chain[0].inputs[0] = codes
-    for n in chain:
-        n.outputs[0].dtype = codes.dtype
-    while len(pad.inputs) > 2:
-        pad.inputs.pop()
-    pad.inputs.append(ir.make_const(ir.unique_name(graph, pad.name + "_zp"), ir.const_value(q.inputs[2]).reshape(())))
-    ir.replace_uses(graph, q.outputs[0], pad.outputs[0])
-    q.inputs.clear()
-    q.outputs.clear()
-    graph.nodes.remove(q)
-    return True
-
-
 def batch_free_reshape(batch: int) -> Rule:
     """The rule for a fixed-batch export worked on with a symbolic batch (`dfc.graph.signature`): a Reshape whose constant
     target starts with the export's `batch` where the input's first dim is symbolic (the batch: every other dim of
@@ -448,6 +417,3 @@ RULES = [
     Rule("hard-swish", ("Div", "Mul"), _hard_swish_scale),
     Rule("hard-sigmoid", ("Div", "Mul", "HardSwish"), _hard_sigmoid),
 ]
-
-# Rules on the QDQ form, run by `quantize` after the Q/DQ pairs went in (not by `cleanup`).
-QDQ_RULES = [Rule("integer-pad", ("Pad",), _integer_pad)]
