@@ -35,6 +35,8 @@ def test_custom_pipeline_and_bn_stats_roundtrip_through_metadata():
     m = conv_bn_relu_cnn()
     folded = PassManager(["cleanup", "fold-bn"]).run(m)
     meta = {p.key: p.value for p in folded.metadata_props}
+    # the metadata key is the file format: models written by earlier dfc versions carry it too
+    assert METADATA_KEY == "dfc.bn_stats" and METADATA_KEY in meta
     store = BNStatsStore.from_metadata(meta[METADATA_KEY])
     assert set(store) == {"b1", "b2"}
     assert store["b1"].channels == 8

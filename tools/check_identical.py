@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--models", default="resnet20,lite0")
     ap.add_argument("--only", default=None, help="comma-separated command names")
+    ap.add_argument("--dir", default=None, help="keep the written models here (to diff two commits' outputs)")
     args = ap.parse_args(argv)
     os.environ["DFC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dfc_ident_cache_")  # no real timings from the cache
     from dfc import cli
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
     print("dfc from", os.path.dirname(cli.__file__), file=sys.stderr)
     _patch()
     only = args.only.split(",") if args.only else list(COMMANDS)
-    tmp = tempfile.mkdtemp(prefix="dfc_ident_")
+    tmp = args.dir or tempfile.mkdtemp(prefix="dfc_ident_")
+    os.makedirs(tmp, exist_ok=True)
     with open(args.out, "w") as out:
         for m in args.models.split(","):
             path, norm = MODELS[m]

@@ -4,7 +4,7 @@ When BN is folded into its producer, y = γ·(x − μ)/√(σ² + ε) + β beco
 weights, and the statistics vanish from the graph. Later data-free passes need them (UDFC's
 reconstruction error, the BNS inverter's KL target), so `fold-bn` stores them here under the name
 of the tensor that now carries y, and the store is written into the output model's metadata
-(key `dfc.graph.bn_stats`) so a later run on a dfc output still finds them.
+(key `dfc.bn_stats`) so a later run on a dfc output still finds them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METADATA_KEY = "dfc.graph.bn_stats"
+METADATA_KEY = "dfc.bn_stats"  # the file format: models written by any dfc version carry this key
 ESTIMATED = "estimated"  # BNStats.source of moments measured on synthetic samples (passes/moments.py), not BN's
 
 
