@@ -87,7 +87,7 @@ def finish(job: Job, result: dict) -> dict:
 
 def run(inputs: list[str], outdir: str | Path, options: dict, ray_address: str | None = None,
         echo: Callable[[str], None] = print, command: str = "") -> dict:
-    """Compress every input with `options` (keyword arguments of `dfc.optimize_with_report`); serial, or one Ray task
+    """Compress every input with `options` (keyword arguments of `dfc.api.optimize_with_report`); serial, or one Ray task
     per model reserving the CPUs its latency measurement times on. Returns the summary (also in OUTDIR)."""
     from dfc.options import DEFAULTS
     from dfc.distributed import where

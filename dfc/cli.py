@@ -153,7 +153,7 @@ def cmd_optimize(args) -> int:
 
 
 def optimize_options(args) -> dict:
-    """The keyword arguments of `dfc.optimize_with_report` from the parsed flags, checked (`dfc.options.resolve`)."""
+    """The keyword arguments of `dfc.api.optimize_with_report` from the parsed flags, checked (`dfc.options.resolve`)."""
     from dfc.options import resolve
     from dfc.options.command_line import from_args
 

@@ -84,7 +84,7 @@ def markdown(results: dict) -> str:
         "weights KiB: weight params × their bit width (nominal, what a packed format would store); file KiB: the ONNX "
         "file (sub-8-bit codes are stored in int8); latency ×: ORT time of one batch of "
         f"{s['latency_batch']} relative to the fp32 model, {s['threads']} threads, median of {s['latency_rounds']} "
-        "alternating runs in one process (sessions without spin-waiting, `dfc/latency.py`); time s: compression time including the one-off synthesis of the calibration "
+        "alternating runs in one process (sessions without spin-waiting, `dfc/measure/latency.py`); time s: compression time including the one-off synthesis of the calibration "
         "set (shared by all rows with that calibration). Quantized dfc rows keep the first and last layers at 8 bits. "
         "`none` = plain L1 pruning (pre-BN filter L1, no compensation, no requantization); `udfc` = dfc's defaults. "
         "ORT rows: `quantize_static` after `quant_pre_process`, QDQ, per-channel int8 weights, MinMax ranges; "

@@ -1,7 +1,7 @@
 """Synthetic probe inputs for a pass that checks its own result against the graph it started from.
 
 The probe is the run's BNS calibration samples when it has them (inputs whose activations follow the
-model's BN statistics), else Gaussian noise in the model's input space (`dfc.calibration`): data-free
+model's BN statistics), else Gaussian noise in the model's input space (`dfc.synth.sample_sources`): data-free
 either way. The error of a candidate graph is the mean squared difference of all its outputs from the
 reference outputs on the probe.
 """
