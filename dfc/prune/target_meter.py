@@ -71,8 +71,9 @@ class TargetMeter:
             return float(self._shipped(self.variant(graph)).ByteSize()) / self.reference
         rounds: dict = {}
         med = self._time({"original": self.original, "pruned": self.variant(graph)}, rounds)
-        ratios = np.asarray(rounds["pruned"]) / np.asarray(rounds["original"])
-        self.margin = float(1.2533 * ratios.std() / np.sqrt(len(ratios)))  # standard error of a median
+        from dfc.measure.latency import ratio_margin
+
+        self.margin = ratio_margin(rounds["pruned"], rounds["original"])
         return med["pruned"] / med["original"]
 
     def variant(self, graph: gs.Graph) -> onnx.ModelProto:

@@ -14,7 +14,8 @@ ops 0.76×). Where that is so follows from the graph, how much it costs from the
   original, its first 6 of 42 layers float 0.31×, `boxes` relative L2 error 0.177 → 0.041 on BNS-calibrated runs);
 - `choose`: every candidate built and timed against the float graph in one alternating ORT run (no spinning,
   medians) and compared with the float graph's outputs on the same samples (the largest relative L2 error over the
-  outputs); of the candidates faster than float, those within `TIE` of the fastest count as equally fast and the most
+  outputs); of the candidates faster than float by more than the ratio's standard error (a busy machine widens it, and
+  the graph then stays float rather than be written slower on a noisy win), those within `TIE` of the fastest count as equally fast and the most
   faithful of them wins (then the one with fewer float layers); none faster than float → the graph stays float. A
   graph with one candidate (a ReLU network: the ResNets, EfficientNet-Lite0) is not measured, so its output does not
   depend on timing.
@@ -91,21 +92,25 @@ def choose(float_graph: gs.Graph, built: dict[str, gs.Graph], kept: dict[str, tu
            rounds: int = 10, threads: int = 2, batch: int = 64) -> tuple[str | None, dict]:
     """(the candidate to write (see the module docstring) or None when none is faster than the float graph, the
     measurement: every candidate's latency ratio to float and the choice)."""
-    from dfc.measure.latency import median_latencies
+    from dfc.measure.latency import median_latencies, ratio_margin
     from dfc.measure.validation import output_fidelity, outputs_of
 
     models = {"float": gs.export_onnx(float_graph.copy())} | {k: gs.export_onnx(g) for k, g in built.items()}
-    med, used = median_latencies(models, x[:batch], threads=threads, rounds=rounds, progress="int8 or float")
+    rounds_of: dict = {}
+    med, used = median_latencies(models, x[:batch], threads=threads, rounds=rounds, progress="int8 or float",
+                                 samples=rounds_of)
     ratio = {k: med[k] / med["float"] for k in built}
+    margin = {k: ratio_margin(rounds_of.get(k, []), rounds_of.get("float", [])) for k in built}
     probe = x[:FIDELITY_SAMPLES]  # the error on more samples than a fixed batch of 1 times
     ref = outputs_of(models["float"], probe)
     error = {k: max(r["rel_l2"] for r in output_fidelity(ref, outputs_of(models[k], probe)).values()) for k in built}
-    faster = [k for k in built if ratio[k] < 1.0]
+    faster = [k for k in built if ratio[k] + margin[k] < 1.0]  # faster beyond the measurement's own noise
     pick = None
     if faster:
         best = min(ratio[k] for k in faster)
         pick = min((k for k in faster if ratio[k] <= best * (1 + TIE)), key=lambda k: (error[k], len(kept[k])))
     info = {"candidates": {k: {"float_layers": len(kept[k]), "latency_vs_float": round(ratio[k], 3),
+                               "margin": round(margin[k], 3),
                                "rel_l2_on_samples": round(error[k], 5)} for k in built},
             "chosen": pick, "batch": used, "rounds": rounds}
     if pick is None:
