@@ -158,7 +158,8 @@ def optimize_options(args) -> dict:
     from dfc.options.command_line import from_args
 
     options = from_args(args)
-    resolve(options)  # every check before any work; the pipeline resolves again (same result)
+    resolved = resolve(options)  # every check before any work; the pipeline resolves again (same result)
+    options["calib_data"] = resolved["calib_data"]  # the .npz read once, not again by each later resolve
     return options
 
 def cmd_batch(args) -> int:
