@@ -13,6 +13,7 @@ from dfc.errors import DfcError
 from dfc.finetune.train import FinetuneConfig
 from dfc.graph.modelio import as_model, check_model
 from dfc.options.resolve import prune_depth, prune_target, resolve, uses_samples
+from dfc.prune.landing import BAND
 from dfc.pipeline import Context, PassManager, context_from_model, get_pass
 from dfc.synth import sample_sources
 from dfc.synth.sample_files import check_save_calib, save_calibration
@@ -126,9 +127,10 @@ def final_target(target: tuple[str, float], report: dict, ctx: Context) -> dict:
         key = "macs" if kind == "macs" else "size_bytes"
         value = report["after"][key] / report["before"][key] if report["before"][key] else None
     out = {"kind": kind, "ratio": goal, "final": value, "searched": searched.get("measured"),
-           "met": None if value is None else value <= goal}
+           "met": None if value is None else value <= goal,
+           "landed": None if value is None else BAND * goal <= value <= goal, "band": [BAND * goal, goal]}
     if value is not None and value <= goal:  # the output meets it: a miss the search measured on its stand-in is moot
-        ctx.notes[:] = [n for n in ctx.notes if not n.startswith(f"prune: target {kind} ")]
+        ctx.notes[:] = [n for n in ctx.notes if not n.startswith(f"prune: target {kind} {goal:g}x not met")]
     if value is not None and value > goal:
         ctx.note(f"--target-{kind} {goal:g}: the output model measures {value:.3g}x (the pruning search measured "
                  f"{searched.get('measured')}x before {'quantization' if searched.get('quantized') else 'export'})")

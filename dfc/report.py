@@ -76,16 +76,19 @@ def _target_lines(report: dict) -> list[str]:
     t, searched = report.get("target"), report.get("passes", {}).get("prune", {}).get("target")
     if not t:
         return []
-    final = "not measured" if t["final"] is None else f"{t['final']:.3f}x ({'met' if t['met'] else 'MISSED'})"
-    line = f"target {t['kind']} <= {t['ratio']:g}x: output {final}"
+    verdict = "MISSED" if not t["met"] else "landed" if t.get("landed", True) else "met, below the band"
+    final = "not measured" if t["final"] is None else f"{t['final']:.3f}x ({verdict})"
+    band = t.get("band") or [t["ratio"], t["ratio"]]
+    line = f"target {t['kind']} <= {t['ratio']:g}x (band {band[0]:.3g}-{band[1]:g}x): output {final}"
     if searched:
-        rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g}, "
-                           f"{r['groups_removed']} channels" for r in searched["search"])
+        rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g} "
+                           f"({r.get('verdict', '')}), {r.get('groups_removed', 0)} channels" for r in searched["search"])
         line += f"; search ({searched['cost_model']}, channel multiple {report['passes']['prune'].get('multiple')}): {rounds}"
     depth = report.get("passes", {}).get("prune", {}).get("depth")
     if depth is None:
         return [line]
-    rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g}"
+    rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g} "
+                       f"({r.get('verdict', '')}), {r.get('branches_removed', 0)} branches from {r.get('from', 'start')}"
                        for r in depth["rounds"])
     if depth.get("skipped"):
         return [line, f"depth: skipped ({depth['skipped']})"]

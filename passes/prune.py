@@ -88,7 +88,9 @@ class Prune(TargetSearch, PruneSchedule, Pass):
         if o["target"] is not None and o["depth"]:
             graph, res["depth"] = self._remove_branches(graph, ctx)
             dead = True  # the analysis is stale
-        if o["ratio"] > 0 or o["target"] is not None:
+        if (res.get("depth") or {}).get("target"):  # the branches removed landed the target: no channel goes
+            res["target"] = res["depth"].pop("target")
+        elif o["ratio"] > 0 or o["target"] is not None:
             if o["check"] and (o["compensate"] != "none" or o["rank"] == "auto"):
                 graph, stats = self._checked_schedule(graph, ctx)
             else:

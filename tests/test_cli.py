@@ -108,7 +108,7 @@ def test_target_macs_on_the_demo_model_reports_the_target(tmp_path, capsys):
                  "--target-macs", "0.7", "--prune-scope", "all", "--channel-multiple", "8", "--calib", "gaussian"]) == 0
     r = json.loads(rep.read_text())
     assert r["target"]["met"] and r["after"]["macs"] <= 0.7 * r["before"]["macs"]
-    assert "target macs <= 0.7x: output" in capsys.readouterr().out
+    assert "target macs <= 0.7x (band 0.63-0.7x): output" in capsys.readouterr().out
 
 
 def test_prune_depth_without_residual_branches_falls_back_to_channels(tmp_path, capsys):

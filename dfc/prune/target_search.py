@@ -1,13 +1,14 @@
 """The search toward a `--target-*` ratio: depth first (whole residual branches, `dfc.prune.branches`), then
-channels in measured rounds, each aiming at a ratio tightened by the last measured miss (`tightened_aim`). A mixin
-of the `prune` pass (passes/prune.py)."""
+channels, each stage in measured rounds that land the ratio in its band from either side (`dfc.prune.landing`). A
+mixin of the `prune` pass (passes/prune.py)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
-import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
@@ -17,22 +18,76 @@ from dfc.prune.channels import ChannelAnalysis, Group
 from dfc.compensate.compensation import round_sig
 from dfc.pipeline import Context
 from dfc.prune.schedule import merge_stats
+from dfc.prune.landing import BAND, FAST, LANDED, SLOW, Landing
 from dfc.prune.target_meter import TargetMeter
 
-TARGET_ROUNDS = 3
+SEARCH_ROUNDS = 6
 UNIFORM_MAX = 0.95  # the largest uniform ratio a target search tries
 PROBE_SAMPLES, PROBE_SALT = 256, 3
 DEPTH_PROBE_SAMPLES = 64  # per candidate branch and removal: one ORT run each
 
 
+@dataclass
+class _State:
+    """One round's result (or the search's start): the graph, its context (BN statistics, notes) and what was
+    measured of it."""
+
+    model: onnx.ModelProto
+    ctx: Context
+    stats: dict | None = None  # what the rounds that led here removed (None: nothing)
+    aim: float = math.inf
+    predicted: float | None = None
+    measured: float | None = None
+    margin: float = 0.0
+    verdict: str | None = None
+
+
 class TargetSearch:
+    def _land(self, graph: gs.Graph, ctx: Context, meter: TargetMeter, run_round, first: dict, fallback: str
+              ) -> tuple[gs.Graph, list[dict], "_State"]:
+        """Rounds of (prune toward an aim, measure) until a result lands in the band (`dfc.prune.landing`), at most
+        SEARCH_ROUNDS. A round that must remove more continues from the most-pruned result still above the goal, one
+        that must remove less restarts from it (or from the start), so what an overshoot removed is given back.
+        `run_round(graph, ctx, aim, first)` prunes toward `aim` and returns (graph, stats, predicted, exhausted);
+        `first` holds what only the first round may use (an analysis of `graph`). Without a landing, the result kept
+        is `fallback`'s: "closest" (the largest measurement at or below the goal, else the smallest) or "slow" (the
+        most-pruned result above the goal, else the start: a later stage finishes the search).
+        Returns the graph, the rounds for the report and the kept state (its context to adopt)."""
+        kind = meter.kind
+        land = Landing(float(self.options["target"][1]))
+        start = _State(ir.export_model(graph), _fresh(ctx))
+        states: list[_State] = []
+        aim = land.first_aim(exact=kind == "macs")
+        report = []
+        for rnd in range(SEARCH_ROUNDS):
+            base = min((s for s in states if s.verdict == SLOW and s.aim > aim), key=lambda s: s.aim, default=start)
+            tctx = _fresh(base.ctx)
+            g = graph if rnd == 0 else ir.import_graph(base.model)
+            g, stats, predicted, exhausted = run_round(g, tctx, aim, first if rnd == 0 else {})
+            measured = meter.measured_ratio(g)
+            st = _State(ir.export_model(g), tctx, stats if base.stats is None else merge_stats(base.stats, stats), aim,
+                        predicted, measured, meter.margin, land.verdict(measured, meter.margin))
+            states.append(st)
+            report.append({"aim": round_sig(aim), "predicted": round_sig(predicted), "measured": round_sig(measured),
+                           "margin": round_sig(meter.margin), "verdict": st.verdict,
+                           "from": "start" if base is start else f"round {states.index(base) + 1}",
+                           **{k: v for k, v in (stats or {}).items() if k in ("groups_removed", "steps", "branches_removed")}})
+            removed_nothing = base is start and not _removed(stats)
+            if st.verdict == LANDED or (st.verdict == SLOW and exhausted) or (st.verdict == FAST and removed_nothing):
+                break
+            aim = land.next_aim(aim, predicted, measured, meter.margin)
+            if land.converged():
+                break
+        kept = _kept(states, start, land, fallback)
+        return ir.import_graph(kept.model), report, kept
+
     def _remove_branches(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
         """Depth pruning before channel pruning (`depth`): whole residual branches go, least probe error per unit of
-        predicted cost first, until the cost model predicts the target (`dfc.prune.branches.remove_toward`); then the
-        graph is measured and, while the measurement misses, the aim is tightened as in `_target_rounds` (at most
-        TARGET_ROUNDS rounds). Channel pruning then takes what remains of the target. At one latency, removing
-        branches loses less than removing channels once fine-tuned: ResNet-56 at 0.58×, 12 branches + kd 89.3
-        top-1 vs channels 79.7."""
+        predicted cost first, until the cost model predicts the aim (`dfc.prune.branches.remove_toward`); measured
+        rounds land it (`_land`): a result below the band gives branches back. Without a landing the stage keeps
+        the most-pruned result above the goal and channel pruning takes what remains of the target; a landing ends
+        the search (the report's `target`). At one latency, removing branches loses less than removing channels
+        once fine-tuned: ResNet-56 at 0.58×, 12 branches + kd 89.3 top-1 vs channels 79.7."""
         from dfc.prune.branches import remove_toward, residual_branches
         from dfc.prune.layer_cost import spec_of
 
@@ -53,21 +108,21 @@ class TargetSearch:
         def predicted(g: gs.Graph) -> float:
             return meter.predicted_ratio(meter.layer_total(g))
 
-        goal = float(self.options["target"][1])
-        aim, report = goal, {"candidates": None, "removed": [], "rounds": [], "probe": probe.source(ctx)}
-        for _ in range(TARGET_ROUNDS):
-            graph, rep = remove_toward(graph, ctx.bn_stats, x, ref, cost, predicted, aim, desc="prune: residual branches")
-            nodes.update({n.name: n for n in graph.nodes})
-            report["candidates"] = report["candidates"] if report["candidates"] is not None else rep["candidates"]
-            report["removed"] += rep["removed"]
-            measured = meter.measured_ratio(graph)
-            report["rounds"].append({"aim": round_sig(aim), "predicted": round_sig(rep["predicted"]),
-                                     "measured": round_sig(measured), "margin": round_sig(meter.margin),
-                                     "branches_removed": len(rep["removed"])})
-            high = measured + meter.margin
-            if high <= goal or rep["predicted"] > aim:  # met, or no branch left to remove
-                break
-            aim = tightened_aim(aim, goal, high, rep["predicted"])
+        candidates: list[int] = []
+
+        def run_round(g: gs.Graph, tctx: Context, aim: float, first: dict):
+            g, rep = remove_toward(g, tctx.bn_stats, x, ref, cost, predicted, aim, desc="prune: residual branches")
+            nodes.update({n.name: n for n in g.nodes})
+            candidates.append(rep["candidates"])
+            stats = {"removed": rep["removed"], "branches_removed": len(rep["removed"])}
+            return g, stats, rep["predicted"], rep["predicted"] > aim
+
+        graph, rounds, kept = self._land(graph, ctx, meter, run_round, {}, fallback="slow")
+        probe.adopt(ctx, kept.ctx)
+        report = {"candidates": candidates[0], "removed": (kept.stats or {}).get("removed", []), "rounds": rounds,
+                  "probe": probe.source(ctx)}
+        if kept.verdict == LANDED:
+            report["target"] = self._target_record(kept, rounds, meter, stage="depth")
         return graph, report
 
     def _target_meter(self, graph: gs.Graph, ctx: Context) -> TargetMeter | None:
@@ -96,23 +151,21 @@ class TargetSearch:
 
     def _target_rounds(self, graph: gs.Graph, ctx: Context, analysis: ChannelAnalysis | None, desc: str
                        ) -> tuple[gs.Graph, dict]:
-        """Prune until the predicted target ratio is reached, measure the result (`TargetMeter.measured_ratio`); while
-        the measurement misses the target, aim lower by the miss (goal · target / measured) and go on, at most
-        TARGET_ROUNDS rounds. Every round is in the report (`target.search`); a miss is a note."""
+        """Channel pruning toward the target in measured rounds that land it (`_land`); every round is in the
+        report (`target.search`); a result outside the band is a note."""
         o = self.options
         kind, goal = o["target"][0], float(o["target"][1])
         meter = self._target_meter(graph, ctx)
         bits = meter.bits
-        aim, rounds, total = goal, [], None
-        for rnd in range(TARGET_ROUNDS):
+
+        def run_round(g: gs.Graph, tctx: Context, aim: float, first: dict):
             last: dict = {"exhausted": False, "predicted": None}
 
-            def want(k, graph, families, n0, removed, scores_of, aim=aim, last=last):
+            def want(k, graph, families, n0, removed, scores_of):
                 if o["rank"] != "global":
                     return self._uniform_toward(k, graph, families, n0, removed, scores_of, meter, aim, last)
                 costs = LayerCosts.of(graph, families, meter.cost, bits if kind != "macs" else None)
-                layers = costs.total()
-                pred = meter.predicted_ratio(layers)
+                pred = meter.predicted_ratio(costs.total())
                 last["predicted"] = pred
                 if pred <= aim:
                     return None
@@ -125,28 +178,32 @@ class TargetSearch:
                 last["predicted"] = meter.predicted_ratio(costs.total())
                 return dict(got)
 
-            est = max(1, math.ceil((1.0 - aim) / float(o["step"])))
-            graph, stats = self._steps(graph, ctx, analysis if rnd == 0 else None, f"{desc} -> {kind} {goal:g}", want, est)
-            measured = meter.measured_ratio(graph)
-            rounds.append({"aim": round_sig(aim), "predicted": round_sig(last["predicted"]), "measured": round_sig(measured),
-                           "margin": round_sig(meter.margin), "groups_removed": stats["groups_removed"], "steps": stats["steps"]})
-            total = stats if total is None else merge_stats(total, stats)
-            # met when the measurement is below the goal by more than its own uncertainty (a timing that meets
-            # the goal only by its noise misses it as often when the output is measured again)
-            high = measured + meter.margin
-            if high <= goal or last["exhausted"]:
-                break
-            aim = tightened_aim(aim, goal, high, last["predicted"])
-        measured = rounds[-1]["measured"]
-        total["target"] = {"kind": kind, "ratio": goal, "measured": measured, "met": measured <= goal,
-                           "predicted": rounds[-1]["predicted"], "search": rounds, "quantized": o["quant"] is not None,
-                           "cost_model": type(meter.cost).__name__,
-                           "layers_timed": getattr(meter.cost, "measured", None)}  # shapes timed now, not from the cache
-        if measured > goal:
-            ctx.note(f"prune: target {kind} {goal:g}x not met: the closest result measured {measured:.3g}x "
-                     f"({'no more channels could go' if last['exhausted'] else f'{len(rounds)} search rounds'}"
-                     f"; scope {o['scope']!r}, channel multiple {o['multiple']})")
+            est = max(1, math.ceil((1.0 - min(aim, 1.0)) / float(o["step"])))
+            g, stats = self._steps(g, tctx, first.get("analysis"), f"{desc} -> {kind} {goal:g}", want, est)
+            if last["predicted"] is None:
+                last["predicted"] = meter.predicted_ratio(meter.layer_total(g))
+            return g, stats, last["predicted"], last["exhausted"]
+
+        graph, rounds, kept = self._land(graph, ctx, meter, run_round, {"analysis": analysis}, fallback="closest")
+        probe.adopt(ctx, kept.ctx)
+        total = kept.stats or {"groups_in_scope": 0, "groups_removed": 0, "pairs_merged": 0, "steps": 0}
+        total["target"] = self._target_record(kept, rounds, meter, stage="channels")
+        how = f"{len(rounds)} search rounds; scope {o['scope']!r}, channel multiple {o['multiple']}"
+        if kept.verdict == SLOW:
+            ctx.note(f"prune: target {kind} {goal:g}x not met: the closest result measured {kept.measured:.3g}x ({how})")
+        elif kept.verdict == FAST:
+            ctx.note(f"prune: target {kind} {goal:g}x: no result landed in [{BAND * goal:.3g}x, {goal:g}x]; kept the "
+                     f"closest one below it, {kept.measured:.3g}x ({how})")
         return graph, total
+
+    def _target_record(self, kept: "_State", rounds: list[dict], meter: TargetMeter, stage: str) -> dict:
+        o = self.options
+        kind, goal = o["target"][0], float(o["target"][1])
+        return {"kind": kind, "ratio": goal, "band": [round_sig(BAND * goal), goal], "measured": kept.measured,
+                "margin": round_sig(kept.margin), "met": kept.measured <= goal, "landed": kept.verdict == LANDED,
+                "predicted": kept.predicted, "stage": stage, "search": rounds if stage == "channels" else [],
+                "quantized": o["quant"] is not None, "cost_model": type(meter.cost).__name__,
+                "layers_timed": getattr(meter.cost, "measured", None)}  # shapes timed now, not from the cache
 
     def _uniform_toward(self, k: int, graph: gs.Graph, families: dict, n0: Counter, removed: Counter, scores_of,
                         meter: TargetMeter, aim: float, last: dict) -> dict | None:
@@ -180,7 +237,26 @@ class TargetSearch:
         return self._targets(families, n0, removed, min(r, k * step), scores_of)
 
 
-def tightened_aim(aim: float, goal: float, measured: float, predicted: float) -> float:
-    """The next round's aim after a measurement that missed `goal`: the miss taken as a ratio and as an offset from
-    the prediction (a size prediction misses by the bytes of the quantizers), whichever aims lower."""
-    return min(aim * goal / measured, predicted - (measured - goal) * 1.05)
+def _fresh(ctx: Context) -> Context:
+    """A trial copy of `ctx` (own BN statistics) that keeps its notes."""
+    t = probe.trial_context(ctx)
+    t.notes = list(ctx.notes)
+    return t
+
+
+def _removed(stats: dict | None) -> bool:
+    return bool(stats) and bool(stats.get("groups_removed") or stats.get("branches_removed"))
+
+
+def _kept(states: list[_State], start: _State, land: Landing, fallback: str) -> _State:
+    """The landed state, else the fallback's choice (`TargetSearch._land`)."""
+    landed = [s for s in states if s.verdict == LANDED]
+    if landed:
+        return landed[-1]
+    slow = [s for s in states if s.verdict == SLOW]
+    if fallback == "slow":
+        return min(slow, key=lambda s: s.measured, default=start)
+    met = [s for s in states if s.measured + s.margin <= land.goal]
+    if met:
+        return max(met, key=lambda s: s.measured)
+    return min(states, key=lambda s: s.measured)

@@ -1,0 +1,68 @@
+"""Landing a `--target-*` ratio: when a measured result counts as landed, and where the next round aims.
+
+A target t is landed when the measured ratio y lies in the band [BAND·t, t], judged with the measurement's own
+uncertainty m (latency: the standard error of the median ratio; size and MACs: 0): y + m ≤ t (a timing that meets
+the goal only by its noise misses it as often when the output is measured again) and y + m ≥ BAND·t (below the band
+even at the top of its uncertainty, the result removed more than asked for, and that costs accuracy for nothing).
+
+The search steers a prediction (the cost model's ratio) by an *aim*; each round prunes until the prediction is at
+or below the aim and measures. A result above the band ("slow") tightens the aim by the miss, one below it
+("fast") loosens it; the aims tried so far bracket the answer (the tightest slow aim above, the loosest fast aim
+below) and a correction that leaves the bracket is replaced by its midpoint (bisection), so the search converges in
+both directions instead of only ever removing more.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+BAND = 0.9  # a target t is landed in [BAND·t, t]
+SLOW, FAST, LANDED = "slow", "fast", "landed"
+
+
+@dataclass
+class Landing:
+    goal: float
+    slow: list[float] = field(default_factory=list)  # aims whose result measured above the goal
+    fast: list[float] = field(default_factory=list)  # aims whose result measured below the band
+
+    def verdict(self, measured: float, margin: float = 0.0) -> str:
+        high = measured + margin
+        if high > self.goal:
+            return SLOW
+        return FAST if high < BAND * self.goal else LANDED
+
+    def point(self, margin: float = 0.0) -> float:
+        """The measurement a round aims for: the middle of the band, less the margin (landed needs y + m ≤ t)."""
+        return max((1.0 + BAND) / 2 * self.goal - margin, BAND * self.goal)
+
+    def first_aim(self, exact: bool) -> float:
+        """The goal itself where the prediction is the measurement (MACs), else the middle of the band."""
+        return self.goal if exact else self.point()
+
+    def next_aim(self, aim: float, predicted: float, measured: float, margin: float) -> float:
+        """The aim after a round that aimed at `aim`, predicted `predicted` and measured `measured` ± `margin`:
+        above the goal, the miss corrected as a ratio and as an offset from the prediction (`corrected_aim`); below
+        the band, as a ratio (aim · point / measured, looser than `aim`); kept inside the bracket of the aims tried
+        (else the bracket's midpoint)."""
+        slow = self.verdict(measured, margin) == SLOW
+        (self.slow if slow else self.fast).append(aim)
+        point = self.point(margin)
+        new = corrected_aim(aim, point, measured, predicted) if slow else aim * point / max(measured, 1e-12)
+        lo, hi = max(self.fast, default=0.0), min(self.slow, default=math.inf)
+        if lo < new < hi:
+            return new
+        return (lo + hi) / 2
+
+    def converged(self, tolerance: float = 1e-3) -> bool:
+        """The bracket is narrower than `tolerance`: no aim between a slow and a fast one is left to try."""
+        lo, hi = max(self.fast, default=0.0), min(self.slow, default=math.inf)
+        return hi - lo < tolerance
+
+
+def corrected_aim(aim: float, point: float, measured: float, predicted: float) -> float:
+    """The next aim for a result that measured `measured` above the `point` wanted: the miss taken as a ratio
+    (aim · point / measured) and as an offset from the prediction (a size prediction misses by the bytes of the
+    quantizers), whichever aims lower."""
+    return min(aim * point / max(measured, 1e-12), predicted - (measured - point) * 1.05)

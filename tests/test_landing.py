@@ -1,0 +1,52 @@
+"""The landing rule of a --target-* search (dfc.prune.landing): the band, the verdicts and the bracketing aims."""
+
+import pytest
+
+from dfc.prune.landing import BAND, FAST, LANDED, SLOW, Landing, corrected_aim
+
+
+def test_verdicts_use_the_measurement_margin():
+    land = Landing(0.5)
+    assert land.verdict(0.49) == LANDED and land.verdict(0.46) == LANDED
+    assert land.verdict(0.49, margin=0.02) == SLOW  # meets the goal only by its noise
+    assert land.verdict(0.44) == FAST and land.verdict(0.44, margin=0.02) == LANDED
+    assert land.verdict(0.51) == SLOW
+
+
+def test_aims_loosen_after_an_overshoot_and_tighten_after_a_miss():
+    land = Landing(0.5)
+    aim = land.first_aim(exact=False)
+    assert BAND * 0.5 < aim < 0.5
+    looser = land.next_aim(aim, predicted=aim, measured=0.3, margin=0.0)  # far below the band
+    assert looser > aim
+    tighter = land.next_aim(looser, predicted=looser, measured=0.6, margin=0.0)  # now above the goal
+    assert aim < tighter < looser  # inside the bracket of the aims tried
+
+
+def test_a_correction_outside_the_bracket_bisects():
+    land = Landing(0.5)
+    land.next_aim(0.4, predicted=0.4, measured=0.3, margin=0.0)  # fast at 0.4
+    new = land.next_aim(0.45, predicted=0.45, measured=5.0, margin=0.0)  # slow at 0.45, a wild miss
+    assert new == pytest.approx((0.4 + 0.45) / 2)
+    land.next_aim(new, predicted=new, measured=0.3, margin=0.0)
+    for _ in range(20):
+        lo, hi = max(land.fast), min(land.slow)
+        land.next_aim((lo + hi) / 2, predicted=0.0, measured=0.3, margin=0.0)
+    assert land.converged()
+
+
+@pytest.mark.parametrize("goal", [0.3, 0.6])
+def test_the_search_lands_a_simulated_noisy_ratio(goal):
+    """A result whose ratio is 1.3 × the aim (a cost model that under-predicts) lands within a few rounds."""
+    land = Landing(goal)
+    aim = land.first_aim(exact=False)
+    for rounds in range(1, 7):
+        measured = min(1.0, 1.3 * aim)
+        if land.verdict(measured) == LANDED:
+            break
+        aim = land.next_aim(aim, aim, measured, 0.0)
+    assert land.verdict(measured) == LANDED and rounds <= 3
+
+
+def test_corrected_aim_takes_the_lower_of_ratio_and_offset():
+    assert corrected_aim(0.5, 0.45, 0.6, 0.5) == pytest.approx(min(0.5 * 0.45 / 0.6, 0.5 - 0.15 * 1.05))
