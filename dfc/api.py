@@ -79,7 +79,8 @@ def _finetune_pass(o: dict, stage: str | None = None):
     return get_pass("finetune", method=o["finetune"], steps=o["finetune_steps"], batch=int(o["finetune_batch"]),
                     lr=o["finetune_lr"], step_lr=o["finetune_step_lr"], seed=int(o["seed"]), device=o["device"],
                     samples=o["calib_data"], time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
-                    gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES), stage=stage)
+                    gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES), stage=stage, size=o["finetune_size"],
+                    full_steps=int(o["finetune_full_steps"]))
 
 
 def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dict]:

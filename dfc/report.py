@@ -82,8 +82,11 @@ def _target_lines(report: dict) -> list[str]:
     line = f"target {t['kind']} <= {t['ratio']:g}x (band {band[0]:.3g}-{band[1]:g}x): output {final}"
     if searched:
         rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g} "
-                           f"({r.get('verdict', '')}), {r.get('groups_removed', 0)} channels" for r in searched["search"])
-        line += f"; search ({searched['cost_model']}, channel multiple {report['passes']['prune'].get('multiple')}): {rounds}"
+                           f"({r.get('verdict', '')}), {r.get('groups_removed', 0)} channels" for r in searched["search"]) \
+            or "landed by the residual branches removed (depth rounds below), no channel pruned"
+        err = searched.get("prediction_error")
+        line += (f"; search ({searched['cost_model']}, channel multiple {report['passes']['prune'].get('multiple')}"
+                 + (f", prediction error on the kept graph {100 * err:+.1f} %" if err is not None else "") + f"): {rounds}")
     depth = report.get("passes", {}).get("prune", {}).get("depth")
     if depth is None:
         return [line]

@@ -262,3 +262,35 @@ def test_kd_steps_in_quantization_steps_only_where_rounding_is_the_gap(demo_w2a4
     assert plain["passes"]["finetune"]["step_lr"] == DEFAULT_STEP_LR and pruned["passes"]["finetune"]["step_lr"] is None
     assert any("trained every parameter at --finetune-lr" in n for n in pruned["notes"])
     assert f"lr {DEFAULT_STEP_LR:g} quantization steps" in summary_table(plain)
+
+
+def test_training_at_a_smaller_size_then_at_the_input_size(residual):
+    """--finetune-size trains a model that runs at any size (convs + global pooling) on smaller samples; the KL the
+    keep-or-not check compares is measured at the input size; --finetune-full-steps adds a phase at the input size."""
+    _, rep = api.optimize_with_report(residual[0], **RESIDUAL_QDQ_OPTS, finetune="kd", finetune_steps=10,
+                                      finetune_size=4, finetune_full_steps=5)
+    ft = rep["passes"]["finetune"]
+    assert [p["shape"] for p in ft["phases"]] == [[3, 4, 4], [3, 8, 8]]
+    assert [p["steps"] for p in ft["phases"]] == [10, 5] and ft["kl_after"] == ft["phases"][-1]["kl_after"]
+    _, rep = api.optimize_with_report(residual[0], **RESIDUAL_QDQ_OPTS, finetune="kd", finetune_steps=10)
+    assert [p["shape"] for p in rep["passes"]["finetune"]["phases"]] == [[3, 8, 8]]  # small input: its own size
+
+
+def test_a_model_that_runs_at_one_size_trains_at_it():
+    """A dense layer reading the flattened 8×8 map (no global pooling) runs at one size only: asked for a smaller
+    one, fine-tuning trains at the input size."""
+    from onnx import helper
+
+    from conftest import make_model
+
+    r = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["a"], name="relu"),
+             helper.make_node("Flatten", ["a"], ["f"], axis=1, name="flatten"),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1, name="fc")]
+    inits = {"w": r.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "fc_w": r.normal(0, 0.1, (5, 256)).astype(np.float32),
+             "fc_b": np.zeros(5, np.float32)}
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 5])], inits)
+    qdq = api.optimize(model, calib="gaussian", measure=False, udfc_requant=False)
+    _, info = finetune(qdq, model, rand((16, 3, 8, 8)), FinetuneConfig(method="kd", steps=3, size=4))
+    assert info["phases"][0]["shape"] == [3, 8, 8]

@@ -61,6 +61,11 @@ class FinetuneConfig:
     # default steps: about this many seconds of training on 2 CPU cores, predicted from the graph (`dfc.finetune.train_cost`):
     # ResNet-56 W8A8 kd ≈ 1400 steps, EfficientNet-Lite0 W8A8 kd ≈ 100 (floor MIN_STEPS); README lists more
     time_budget_s: float = 300.0
+    # train at a smaller input (`dfc.synth.resolution`), for a model that runs at any size: None: where a sample costs
+    # about `train_macs` (the inverter's rule; the CIFAR ResNets stay at 32²); 0: the input size; else this side
+    size: int | None = None
+    train_macs: float = 1.3e8
+    full_steps: int = 0  # kd: steps at the input size after the reduced-size phase
 
 
 DEFAULT_LR = {"kd": 3e-4, "blocks": 1e-2}  # measured on the shared ResNets (README, fine-tuning)
@@ -325,6 +330,33 @@ def _block_loss(run, x_q: torch.Tensor, target: torch.Tensor) -> float:
         return float(d.pow(2).sum(1).mean() if d.dim() > 1 else d.pow(2).mean())
 
 
+def training_shape(teacher_model: onnx.ModelProto, student: Student, teacher: TorchGraph, shape: tuple[int, ...],
+                   cfg: FinetuneConfig, device) -> tuple[int, ...]:
+    """The per-sample shape to train at (`cfg.size`, `dfc.synth.resolution.reduced_shape` with the teacher's MACs, as
+    the inverter): smaller only where the student and the teacher both run there and give outputs of the shape they
+    give at `shape`."""
+    from dfc.synth.resolution import model_cost, reduced_shape
+
+    if cfg.size == 0:
+        return shape
+    macs, stride, _ = model_cost(teacher_model)
+
+    def runs(low: tuple[int, ...]) -> bool:
+        with torch.no_grad():
+            probes = [torch.zeros((1,) + s, device=device) for s in (shape, low)]
+            outs = [[tuple(o.shape) for o in g(p)[0]] for g in (student, teacher) for p in probes]
+        return outs[0] == outs[1] and outs[2] == outs[3]
+
+    return reduced_shape(shape, macs, stride, runs, cfg.train_macs, cfg.size, min_side=min(32, cfg.size or 32))
+
+
+def resized(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """`x` at the per-sample `shape` (area-weighted, as a lower-resolution image of the same scene)."""
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=list(shape[1:]), mode="bilinear", antialias=True, align_corners=False)
+
+
 def is_pruned(model: onnx.ModelProto, teacher_model: onnx.ModelProto) -> bool:
     """Whether `model` has fewer weights than the teacher (channels or residual branches removed): its student has
     an architecture gap to close, not only rounding."""
@@ -355,14 +387,21 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     teacher = TorchGraph(teacher_model).to(device)
     blocks = blocks_of(student, teacher_model, probe=x, teacher_graph=teacher)
     xt = torch.from_numpy(np.asarray(x, np.float32)).to(device)
+    shape = tuple(xt.shape[1:])
+    low = training_shape(teacher_model, student, teacher, shape, cfg, device)
+    x_low = resized(xt, low)
+    full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
+    s_cost, t_cost = pass_cost(model, student, x_low[:1]), pass_cost(teacher_model, teacher, x_low[:1])
+    full_s = 0.0
+    if full_steps:
+        full_s = full_steps * step_seconds(cfg.method, pass_cost(model, student, xt[:1]),
+                                           pass_cost(teacher_model, teacher, xt[:1]), cfg.batch)
     if cfg.steps is not None:
-        steps, predicted = cfg.steps, None
+        steps = cfg.steps
     else:
-        x1 = xt[:1]
-        s_cost, t_cost = pass_cost(model, student, x1), pass_cost(teacher_model, teacher, x1)
-        steps = default_steps(cfg.method, s_cost, t_cost, cfg.batch, cfg.time_budget_s,
+        steps = default_steps(cfg.method, s_cost, t_cost, cfg.batch, max(cfg.time_budget_s - full_s, 0.0),
                               MIN_STEPS[cfg.method], MAX_STEPS[cfg.method])
-        predicted = steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch)
+    predicted = steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch) + full_s
     # kd counts the quantized weights' steps in quantization steps where rounding is all that separates them from the
     # teacher; a pruned student (fewer weights) has further to go: all its parameters move at the absolute lr
     in_steps = (cfg.method == "kd" and any(in_quant_steps(m) for m in student.tensors.values())
@@ -372,17 +411,22 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         from dfc.synth.inverter import augment
 
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        xt_train = torch.cat([xt, augment(xt, cfg.copies - 1, gen)])
+        xt_train = torch.cat([x_low, augment(x_low, cfg.copies - 1, gen)])
     else:
-        xt_train = xt
-    if steps > 0:
+        xt_train = x_low
+    trace, phases = {}, []
+    for x_phase, n in ((xt_train, steps), (xt, full_steps)):
+        if n <= 0:
+            continue
+        t1 = time.perf_counter()
         if cfg.method == "kd":
-            trace = distill(student, teacher, blocks, xt_train, cfg, steps, in_steps=in_steps)
+            trace = distill(student, teacher, blocks, x_phase, cfg, n, in_steps=in_steps)
         else:
-            trace = reconstruct_blocks(student, teacher, blocks, xt_train, cfg, steps)
-    else:
-        trace = {}
-    kl_after = output_kl(student, teacher, xt)
+            trace = reconstruct_blocks(student, teacher, blocks, x_phase, cfg, n)
+        # what the phase bought: the output KL at the input size, on the samples
+        phases.append({"shape": list(x_phase.shape[1:]), "steps": int(n), "seconds": round(time.perf_counter() - t1, 1),
+                       "kl_after": round(output_kl(student, teacher, xt), 6)})
+    kl_after = phases[-1]["kl_after"] if phases else output_kl(student, teacher, xt)
     student.watch = []
     # training that moved the student away from the teacher on the samples themselves is not kept
     kept = "input" if steps > 0 and kl_after > kl_before else "trained"
@@ -393,6 +437,6 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
         "seconds": round(time.perf_counter() - t0, 1),
-        "predicted_seconds": None if predicted is None else float(f"{predicted:.3g}"), "kept": kept, **trace,
+        "predicted_seconds": float(f"{predicted:.3g}"), "kept": kept, "phases": phases, **trace,
     }
     return (model if kept == "input" else student.export(model)), info

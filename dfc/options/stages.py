@@ -127,6 +127,12 @@ class FinetuneOptions:
                                     "blocks 1e-2 for the roundings)", rule="positive", cli=float, advanced=True)
     finetune_step_lr: float | None = opt(None, "kd: Adam's step on quantized weights, in units of each channel's "
                                          "quantization step (default 0.01)", rule="positive", cli=float, advanced=True)
+    finetune_size: int | None = opt(None, "train at this image side, then run at the input size (default: for a "
+                                    "large input of a model that runs at any size, the side at which a sample costs "
+                                    "about 1.3e8 MACs, as the inverter; 0: the input size)", rule="int_ge_0", cli=int,
+                                    advanced=True)
+    finetune_full_steps: int = opt(0, "kd: steps at the input size after training at a smaller --finetune-size",
+                                   rule="int_ge_0", cli=int, advanced=True)
 
 
 @dataclass

@@ -201,7 +201,9 @@ class TargetSearch:
         kind, goal = o["target"][0], float(o["target"][1])
         return {"kind": kind, "ratio": goal, "band": [round_sig(BAND * goal), goal], "measured": kept.measured,
                 "margin": round_sig(kept.margin), "met": kept.measured <= goal, "landed": kept.verdict == LANDED,
-                "predicted": kept.predicted, "stage": stage, "search": rounds if stage == "channels" else [],
+                "predicted": kept.predicted, "stage": stage,
+                # the cost model's error on the kept graph: (measured − predicted) / predicted
+                "prediction_error": round_sig((kept.measured - kept.predicted) / kept.predicted) if kept.predicted else None, "search": rounds if stage == "channels" else [],
                 "quantized": o["quant"] is not None, "cost_model": type(meter.cost).__name__,
                 "layers_timed": getattr(meter.cost, "measured", None)}  # shapes timed now, not from the cache
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from dfc.errors import DfcError
 from dfc.measure.runtime import cpu_threads
+from dfc.synth.resolution import input_shape, model_cost
 
 METHODS = ("bns", "inception", "bns+inception")
 INITS = ("gaussian", "pink")
@@ -198,8 +199,8 @@ class Inverter:
         for p in self.net.buffers():
             p.requires_grad_(False)
         self.input_range = input_range
-        self.shape = _input_shape(model)
-        self.macs, self.stride, self.volume = _cost(model)
+        self.shape = input_shape(model)
+        self.macs, self.stride, self.volume = model_cost(model)
         self._synthesis_shapes: dict[tuple, tuple[int, ...]] = {}
         self.last_jkl: float | None = None
 
@@ -312,26 +313,15 @@ class Inverter:
         return self._synthesis_shapes[key]
 
     def _smaller_shape(self) -> tuple[int, ...]:
-        cfg, shape = self.cfg, self.shape
-        if len(shape) != 3:
-            return shape
-        if cfg.size:
-            factor = min(1.0, cfg.size / min(shape[1:]))
-        elif cfg.synthesis_macs and self.macs:
-            factor = min(1.0, (cfg.synthesis_macs / self.macs) ** 0.5)
-        else:
-            return shape
-        stride = 1 if cfg.size else max(1, self.stride)
-        side = lambda s: max(min(cfg.min_side, s), int(round(s * factor / stride)) * stride)  # noqa: E731
-        low = (shape[0], min(shape[1], side(shape[1])), min(shape[2], side(shape[2])))
-        if low == shape:
-            return shape
-        try:
+        from dfc.synth.resolution import reduced_shape
+
+        def runs(low: tuple[int, ...]) -> bool:
             with torch.no_grad():
                 self.net(self._layout(torch.zeros((2,) + low, device=self.device)))
-        except DfcError:
-            return shape
-        return low
+            return True
+
+        return reduced_shape(self.shape, self.macs, self.stride, runs, self.cfg.synthesis_macs, self.cfg.size,
+                             self.cfg.min_side)
 
     def _start(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
         """The batch the optimisation starts from: N(0, 1), or pink noise (`init`) drawn from the same generator."""
@@ -369,27 +359,6 @@ class Inverter:
                 if hasattr(bar, "set_postfix_str"):
                     bar.set_postfix_str(f"J_KL {jkl:.3f}" if jkl == jkl else f"loss {float(total.detach()):.3f}", refresh=False)
         return x
-
-
-def _cost(model: onnx.ModelProto) -> tuple[int, int, int]:
-    """(MACs per sample, total stride: the input's height over the smallest conv output height, activation elements
-    per sample: the sum of the weighted layers' output sizes) of the model at its input size."""
-    from dfc.graph.stats import layer_stats
-
-    rows, shape = layer_stats(model), _input_shape(model)
-    heights = [r.output_shape[2] for r in rows if r.op == "Conv" and len(r.output_shape) == 4
-               and isinstance(r.output_shape[2], int)]
-    stride = max(1, shape[1] // min(heights)) if heights and len(shape) == 3 else 1
-    volume = sum(int(np.prod(r.output_shape[1:])) for r in rows
-                 if all(isinstance(d, (int, np.integer)) for d in r.output_shape[1:]))
-    return sum(r.macs for r in rows), stride, volume
-
-
-def _input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
-    from dfc.synth import sample_sources
-    from dfc.graph import ir
-
-    return sample_sources.input_spec(ir.import_graph(model))[1]
 
 
 def score(model: onnx.ModelProto, bn_stats: dict, x: np.ndarray, batch: int = 256) -> float:

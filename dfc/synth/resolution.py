@@ -1,0 +1,60 @@
+"""Working at a smaller input size: the inverter synthesizes there and fine-tuning trains there, for models whose
+graph runs at any size (convolutions and global pooling), because a step's cost follows the pixel count.
+
+The reduced shape keeps the aspect ratio and aims at `target_macs` per sample (the model's MACs scale with the pixel
+count: side factor √(target / MACs)), each side a multiple of the model's total stride and at least `min_side`; or
+the shorter side scaled to `size` when that is given. A model that does not run at that shape (a Reshape to fixed
+dims, a fixed-kernel pooling to 1×1) keeps its input shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from dfc.errors import DfcError
+
+
+def model_cost(model: onnx.ModelProto) -> tuple[int, int, int]:
+    """(MACs per sample, total stride: the input's height over the smallest conv output height, activation elements
+    per sample: the sum of the weighted layers' output sizes) of the model at its input size."""
+    from dfc.graph.stats import layer_stats
+
+    rows, shape = layer_stats(model), input_shape(model)
+    heights = [r.output_shape[2] for r in rows if r.op == "Conv" and len(r.output_shape) == 4
+               and isinstance(r.output_shape[2], int)]
+    stride = max(1, shape[1] // min(heights)) if heights and len(shape) == 3 else 1
+    volume = sum(int(np.prod(r.output_shape[1:])) for r in rows
+                 if all(isinstance(d, (int, np.integer)) for d in r.output_shape[1:]))
+    return sum(r.macs for r in rows), stride, volume
+
+
+def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    from dfc.graph import ir
+    from dfc.synth import sample_sources
+
+    return sample_sources.input_spec(ir.import_graph(model))[1]
+
+
+def reduced_shape(shape: tuple[int, ...], macs: float, stride: int, runs, target_macs: float | None,
+                  size: int | None = None, min_side: int = 32) -> tuple[int, ...]:
+    """The per-sample shape to work at (module doc); `runs(shape)` says whether the graph runs at a shape (it raises
+    DfcError or returns False when not)."""
+    if len(shape) != 3:
+        return shape
+    if size:
+        factor = min(1.0, size / min(shape[1:]))
+    elif target_macs and macs:
+        factor = min(1.0, (target_macs / macs) ** 0.5)
+    else:
+        return shape
+    stride = 1 if size else max(1, stride)
+    side = lambda s: max(min(min_side, s), int(round(s * factor / stride)) * stride)  # noqa: E731
+    low = (shape[0], min(shape[1], side(shape[1])), min(shape[2], side(shape[2])))
+    if low == shape:
+        return shape
+    try:
+        ok = runs(low)
+    except DfcError:
+        return shape
+    return low if ok is not False else shape
