@@ -140,8 +140,10 @@ def _inverter_lines(passes: dict) -> list[str]:
     if syn and syn.get("phases"):
         parts = [f"{p['steps']} steps at {'x'.join(map(str, p['shape']))} "
                  f"({p['seconds']:.0f} s, J_KL {p['j_kl']})" for p in syn["phases"]]
-        out.append(f"inverter: {syn['method']}, {syn['samples']} samples in batches of {syn['batch']} on {syn['device']}: "
-                   + ", then ".join(parts))
+        budget = (f" (work budget {syn['budget']:.2g}{': activations below 8 bits' if syn.get('narrow') else ''})"
+                  if syn.get("budget") else "")
+        out.append(f"inverter: {syn['method']}, {syn['samples']} samples in batches of {syn['batch']} on {syn['device']}"
+                   f"{budget}: " + ", then ".join(parts))
     ft = passes.get("finetune")
     if ft and "kl_before" in ft:
         out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
@@ -151,6 +153,11 @@ def _inverter_lines(passes: dict) -> list[str]:
                    + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted on 2 CPU cores, took "
                       f"{ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")
                    + ("; not kept (the KL rose): the model before fine-tuning is written" if ft.get("kept") == "input" else ""))
+        phases = ft.get("phases") or []
+        if phases and (len(phases) > 1 or ft.get("input_shape") not in (None, phases[0]["shape"])):
+            out.append("finetune phases: " + "; ".join(
+                f"{p['steps']} steps at {'x'.join(map(str, p['shape']))} ({p['seconds']:.0f} s): KL at the input size "
+                f"{p['kl_after']:.4f}" for p in phases))
     timed = [(name, r["seconds"]) for name, r in passes.items() if isinstance(r, dict) and "seconds" in r]
     if timed:
         out.append("time per pass: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timed))

@@ -437,6 +437,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
         "seconds": round(time.perf_counter() - t0, 1),
-        "predicted_seconds": float(f"{predicted:.3g}"), "kept": kept, "phases": phases, **trace,
+        "predicted_seconds": float(f"{predicted:.3g}") if cfg.steps is None else None, "kept": kept, "phases": phases, "input_shape": list(shape),
+        **trace,
     }
     return (model if kept == "input" else student.export(model)), info
