@@ -391,7 +391,8 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     low = training_shape(teacher_model, student, teacher, shape, cfg, device)
     x_low = resized(xt, low)
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
-    s_cost, t_cost = pass_cost(model, student, x_low[:1]), pass_cost(teacher_model, teacher, x_low[:1])
+    area = float(np.prod(low[1:]) / np.prod(shape[1:])) if len(shape) > 1 else 1.0
+    s_cost, t_cost = pass_cost(model, student, x_low[:1], area), pass_cost(teacher_model, teacher, x_low[:1], area)
     full_s = 0.0
     if full_steps:
         full_s = full_steps * step_seconds(cfg.method, pass_cost(model, student, xt[:1]),

@@ -47,8 +47,9 @@ class PassCost:
         return K_DENSE * self.dense_macs + K_DEPTHWISE * self.depthwise_macs + K_ELEMENT * self.elements
 
 
-def pass_cost(model: onnx.ModelProto, graph: TorchGraph, x1: torch.Tensor) -> PassCost:
-    """The cost of `graph` (built from `model`) on the one-sample input `x1`."""
+def pass_cost(model: onnx.ModelProto, graph: TorchGraph, x1: torch.Tensor, area: float = 1.0) -> PassCost:
+    """The cost of `graph` (built from `model`) on the one-sample input `x1`; `area`: the pixel count of `x1` over
+    that of the model's declared input (its layers' MACs, read from the declared shapes, scale with it)."""
     from dfc.graph.stats import layer_stats
 
     groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
@@ -64,7 +65,7 @@ def pass_cost(model: onnx.ModelProto, graph: TorchGraph, x1: torch.Tensor) -> Pa
     elements = sum(env[t.name].numel() for n in graph.nodes for t in n.outputs
                    if t is not None and t.name in env and torch.is_tensor(env[t.name])
                    and env[t.name].is_floating_point())
-    return PassCost(dense, depthwise, float(elements), len(graph.nodes))
+    return PassCost(dense * area, depthwise * area, float(elements), len(graph.nodes))
 
 
 def step_seconds(method: str, student: PassCost, teacher: PassCost, batch: int) -> float:
