@@ -97,7 +97,7 @@ def test_without_normalisation_samples_are_clamped_to_the_assumed_box(tmp_path):
         x, _ = calibration_set(conv_bn_relu_cnn(), calib=calib, calib_samples=16, inverter_steps=15)
         assert np.abs(x).max() <= ASSUMED_INPUT_SIGMAS + 1e-6 and np.abs(x).max() > 0.9 * ASSUMED_INPUT_SIGMAS
     _, rep = optimize_with_report(conv_bn_relu_cnn(), measure=False, calib_samples=16, inverter_steps=15)
-    assert any("samples are clamped to ±3" in n for n in rep["notes"])
+    assert any("samples are clamped to ±2.5" in n for n in rep["notes"])
 
 
 def test_save_calib_then_calib_data_reproduces_the_model(tmp_path):
