@@ -22,10 +22,7 @@ GAUSSIAN_SAMPLES = 256  # samples of a noise source (gaussian, pink)
 
 
 def _synthesize_pass(o: dict, method: str, fallback: bool = False):
-    from dfc.synth.inverter import budget_for
-
     return get_pass("synthesize", method=method, samples=o["calib_samples"], steps=o["inverter_steps"],
-                    budget=budget_for(None if o["no_quant"] else min(o["abits"], o["first_last_bits"])),
                     batch=o["inverter_batch"], size=o["inverter_size"], refine_steps=int(o["inverter_refine_steps"]),
                     lr=float(o["inverter_lr"]), copies=int(o["inverter_copies"]),
                     seed=int(o["seed"]), device=o["device"], fallback=fallback)

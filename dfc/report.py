@@ -140,8 +140,7 @@ def _inverter_lines(passes: dict) -> list[str]:
     if syn and syn.get("phases"):
         parts = [f"{p['steps']} steps at {'x'.join(map(str, p['shape']))} "
                  f"({p['seconds']:.0f} s, J_KL {p['j_kl']})" for p in syn["phases"]]
-        budget = (f" (work budget {syn['budget']:.2g}{': activations below 8 bits' if syn.get('narrow') else ''})"
-                  if syn.get("budget") else "")
+        budget = f" (work budget {syn['budget']:.2g} samples x steps x activations)" if syn.get("budget") else ""
         out.append(f"inverter: {syn['method']}, {syn['samples']} samples in batches of {syn['batch']} on {syn['device']}"
                    f"{budget}: " + ", then ".join(parts))
     ft = passes.get("finetune")

@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 
 from dfc.graph import ir
 from dfc.errors import DfcError
-from dfc.synth.inverter import BUDGET, Inverter, InverterConfig, pick_device
+from dfc.synth.inverter import Inverter, InverterConfig, pick_device
 from dfc.pipeline import Context, Pass, register
 
 
@@ -45,7 +45,7 @@ class Synthesize(Pass):
         ctx.calibration, ctx.calibration_source = x, cfg.method
         ctx.results["synthesize"] = {
             "method": cfg.method, "lr": cfg.lr, "copies": cfg.copies, "device": str(pick_device(cfg.device)),
-            "budget": cfg.budget, "narrow": cfg.budget > BUDGET,
+            "budget": cfg.budget,
             "final_j_kl": inv.last_jkl, "samples_per_second": round(len(x) / dt, 3), **trace,
         }
         return graph

@@ -151,20 +151,3 @@ def test_depthwise_weights_keep_the_first_last_width():
 
     g = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(relu6_cnn(), Context()))
     assert weight_bit_plan(g, 4, 8) == {"conv1": 8, "dw": 8, "project": 4, "fc": 8}
-
-
-def test_inverter_budget_follows_the_activation_width():
-    """Samples that set activation ranges below 8 bits get twice the work; the 8-bit budget is the default; the
-    pipeline passes it to the synthesize pass, and the summary names it."""
-    from dfc.api import build_passes
-    from dfc.options.resolve import resolve
-    from dfc.synth.inverter import BUDGET, budget_for
-    from dfc.pipeline import Context
-
-    assert budget_for(8) == budget_for(None) == BUDGET and budget_for(4) == budget_for(6) == 2 * BUDGET
-    model = relu6_cnn(size=8)
-    ctx = Context(bn_stats_found=True)
-    for (w, a), want in (((8, 8), BUDGET), ((4, 8), BUDGET), ((4, 4), 2 * BUDGET)):
-        passes = build_passes(resolve({"wbits": w, "abits": a}), ctx, model)
-        (syn,) = [p for p in passes if p.name == "synthesize"]
-        assert syn.options["budget"] == want
