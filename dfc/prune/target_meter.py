@@ -63,12 +63,14 @@ class TargetMeter:
         """The target ratio of a graph whose layers cost `layer_total` (in the cost model's units)."""
         return (layer_total + self.rest) / self.reference
 
-    def measured_ratio(self, graph: gs.Graph) -> float:
-        """The target ratio of `graph` as shipped: MACs counted, bytes serialized, latency timed against the original."""
+    def measured_ratio(self, graph: gs.Graph, ctx: Context | None = None) -> float:
+        """The target ratio of `graph` as shipped: MACs counted, bytes serialized (with the metadata of `ctx`, the
+        candidate's own context: a removed branch's BN statistics leave the file with it), latency timed against the
+        original."""
         if self.kind == "macs":
             return self.layer_total(graph) / self.reference
         if self.kind == "size":
-            return float(self._shipped(self.variant(graph)).ByteSize()) / self.reference
+            return float(self._shipped(self.variant(graph), ctx or self.ctx).ByteSize()) / self.reference
         rounds: dict = {}
         med = self._time({"original": self.original, "pruned": self.variant(graph)}, rounds)
         from dfc.measure.latency import ratio_margin
@@ -89,14 +91,14 @@ class TargetMeter:
                      calibrator="minmax", bias_correction=False)
         return PassManager([q]).run(model, probe.trial_context(self.ctx))
 
-    def _shipped(self, model: onnx.ModelProto) -> onnx.ModelProto:
+    def _shipped(self, model: onnx.ModelProto, ctx: Context | None = None) -> onnx.ModelProto:
         """`model` with the metadata the output will carry (BN statistics, normalisation)."""
         from dfc.pipeline import output_metadata
 
         out = onnx.ModelProto()
         out.CopyFrom(model)
         meta = {p.key: p.value for p in out.metadata_props}
-        meta.update(output_metadata(self.ctx))
+        meta.update(output_metadata(ctx or self.ctx))
         del out.metadata_props[:]
         for k, v in meta.items():
             out.metadata_props.add(key=k, value=v)

@@ -27,7 +27,7 @@ PROBE_SAMPLES, PROBE_SALT = 256, 3
 DEPTH_PROBE_SAMPLES = 64  # per candidate branch and removal: one ORT run each
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (its context holds arrays)
 class _State:
     """One round's result (or the search's start): the graph, its context (BN statistics, notes) and what was
     measured of it."""
@@ -64,7 +64,7 @@ class TargetSearch:
             tctx = _fresh(base.ctx)
             g = graph if rnd == 0 else ir.import_graph(base.model)
             g, stats, predicted, exhausted = run_round(g, tctx, aim, first if rnd == 0 else {})
-            measured = meter.measured_ratio(g)
+            measured = meter.measured_ratio(g, tctx)
             st = _State(ir.export_model(g), tctx, stats if base.stats is None else merge_stats(base.stats, stats), aim,
                         predicted, measured, meter.margin, land.verdict(measured, meter.margin))
             states.append(st)
@@ -72,8 +72,10 @@ class TargetSearch:
                            "margin": round_sig(meter.margin), "verdict": st.verdict,
                            "from": "start" if base is start else f"round {states.index(base) + 1}",
                            **{k: v for k, v in (stats or {}).items() if k in ("groups_removed", "steps", "branches_removed")}})
-            removed_nothing = base is start and not _removed(stats)
-            if st.verdict == LANDED or (st.verdict == SLOW and exhausted) or (st.verdict == FAST and removed_nothing):
+            if st.verdict == LANDED or (st.verdict == SLOW and exhausted) or not _removed(stats) and (
+                    base is not start or st.verdict == FAST):
+                # landed; nothing left to remove; or no removal between the last too-slow result and the aim (the
+                # graph is that result again: no finer step exists, e.g. between whole branches)
                 break
             aim = land.next_aim(aim, predicted, measured, meter.margin)
             if land.converged():
@@ -111,8 +113,8 @@ class TargetSearch:
         candidates: list[int] = []
 
         def run_round(g: gs.Graph, tctx: Context, aim: float, first: dict):
+            nodes.update({n.name: n for n in g.nodes})  # the round's own graph (an earlier round's may have lost them)
             g, rep = remove_toward(g, tctx.bn_stats, x, ref, cost, predicted, aim, desc="prune: residual branches")
-            nodes.update({n.name: n for n in g.nodes})
             candidates.append(rep["candidates"])
             stats = {"removed": rep["removed"], "branches_removed": len(rep["removed"])}
             return g, stats, rep["predicted"], rep["predicted"] > aim
