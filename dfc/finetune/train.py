@@ -33,6 +33,7 @@ from dfc.progress import progress_bar
 from dfc.finetune.student import WEIGHTED, QuantizedTensor, Student
 from dfc.synth.torch_exec import TorchGraph
 from dfc.finetune.train_cost import default_steps, pass_cost, step_seconds
+from dfc.synth.resolution import resized, runnable_reduced_shape
 
 METHODS = ("kd", "blocks")
 
@@ -340,33 +341,6 @@ def _block_loss(run, x_q: torch.Tensor, target: torch.Tensor) -> float:
         return float(d.pow(2).sum(1).mean() if d.dim() > 1 else d.pow(2).mean())
 
 
-def training_shape(teacher_model: onnx.ModelProto, student: Student, teacher: TorchGraph, shape: tuple[int, ...],
-                   cfg: FinetuneConfig, device) -> tuple[int, ...]:
-    """The per-sample shape to train at (`cfg.size`, `dfc.synth.resolution.reduced_shape` with the teacher's MACs, as
-    the inverter): smaller only where the student and the teacher both run there and give outputs of the shape they
-    give at `shape`."""
-    from dfc.synth.resolution import model_cost, reduced_shape
-
-    if cfg.size == 0:
-        return shape
-    macs, stride, _ = model_cost(teacher_model)
-
-    def runs(low: tuple[int, ...]) -> bool:
-        with torch.no_grad():
-            probes = [torch.zeros((1,) + s, device=device) for s in (shape, low)]
-            outs = [[tuple(o.shape) for o in g(p)[0]] for g in (student, teacher) for p in probes]
-        return outs[0] == outs[1] and outs[2] == outs[3]
-
-    return reduced_shape(shape, macs, stride, runs, cfg.train_macs, cfg.size, min_side=min(32, cfg.size or 32))
-
-
-def resized(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """`x` at the per-sample `shape` (area-weighted, as a lower-resolution image of the same scene)."""
-    if tuple(x.shape[1:]) == tuple(shape):
-        return x
-    return F.interpolate(x, size=list(shape[1:]), mode="bilinear", antialias=True, align_corners=False)
-
-
 def is_pruned(model: onnx.ModelProto, teacher_model: onnx.ModelProto) -> bool:
     """Whether `model` has fewer weights than the teacher (channels or residual branches removed): its student has
     an architecture gap to close, not only rounding."""
@@ -398,7 +372,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     blocks = blocks_of(student, teacher_model, probe=x, teacher_graph=teacher)
     xt = torch.from_numpy(np.asarray(x, np.float32)).to(device)
     shape = tuple(xt.shape[1:])
-    low = training_shape(teacher_model, student, teacher, shape, cfg, device)
+    low = runnable_reduced_shape(teacher_model, (student, teacher), shape, cfg.train_macs, cfg.size, device)
     x_low = resized(xt, low)
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
     area = float(np.prod(low[1:]) / np.prod(shape[1:])) if len(shape) > 1 else 1.0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
+import torch.nn.functional as F
 
 from dfc.errors import DfcError
 
@@ -58,3 +60,31 @@ def reduced_shape(shape: tuple[int, ...], macs: float, stride: int, runs, target
     except DfcError:
         return shape
     return low if ok is not False else shape
+
+
+def runnable_reduced_shape(model: onnx.ModelProto, graphs, shape: tuple[int, ...], target_macs: float,
+                           size: int | None, device) -> tuple[int, ...]:
+    """`reduced_shape` for torch graphs (`graphs`, e.g. a student and its teacher) built from `model` (whose MACs
+    decide): smaller only where every graph runs there and gives outputs of the shapes it gives at `shape` (a
+    detector's anchor count follows the input size). `size` 0: the input shape; None: by `target_macs`."""
+    if size == 0:
+        return shape
+    macs, stride, _ = model_cost(model)
+
+    def runs(low: tuple[int, ...]) -> bool:
+        with torch.no_grad():
+            probes = [torch.zeros((1,) + s, device=device) for s in (shape, low)]
+            for g in graphs:
+                full, small = ([tuple(o.shape) for o in g(p)[0]] for p in probes)
+                if full != small:
+                    return False
+        return True
+
+    return reduced_shape(shape, macs, stride, runs, target_macs, size, min_side=min(32, size or 32))
+
+
+def resized(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """`x` at the per-sample `shape` (bilinear with antialiasing: a lower-resolution image of the same scene)."""
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=list(shape[1:]), mode="bilinear", antialias=True, align_corners=False)
