@@ -33,7 +33,7 @@ from dfc.progress import progress_bar
 from dfc.finetune.student import WEIGHTED, QuantizedTensor, Student
 from dfc.synth.torch_exec import TorchGraph
 from dfc.finetune.train_cost import default_steps, pass_cost, step_seconds
-from dfc.synth.resolution import resized, runnable_reduced_shape
+from dfc.synth.resolution import REDUCED_SIZE_MACS, area_ratio, resized, runnable_reduced_shape
 
 METHODS = ("kd", "blocks")
 
@@ -65,7 +65,7 @@ class FinetuneConfig:
     # train at a smaller input (`dfc.synth.resolution`), for a model that runs at any size: None: where a sample costs
     # about `train_macs` (the inverter's rule; the CIFAR ResNets stay at 32²); 0: the input size; else this side
     size: int | None = None
-    train_macs: float = 1.3e8
+    train_macs: float = REDUCED_SIZE_MACS
     full_steps: int = 0  # kd: steps at the input size after the reduced-size phase
 
 
@@ -375,7 +375,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     low = runnable_reduced_shape(teacher_model, (student, teacher), shape, cfg.train_macs, cfg.size, device)
     x_low = resized(xt, low)
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
-    area = float(np.prod(low[1:]) / np.prod(shape[1:])) if len(shape) > 1 else 1.0
+    area = area_ratio(low, shape)
     s_cost, t_cost = pass_cost(model, student, x_low[:1], area), pass_cost(teacher_model, teacher, x_low[:1], area)
     full_s = 0.0
     if full_steps:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from dfc.errors import DfcError
 from dfc.measure.runtime import cpu_threads
-from dfc.synth.resolution import input_shape, model_cost
+from dfc.synth.resolution import REDUCED_SIZE_MACS, area_ratio, input_shape, model_cost
 
 METHODS = ("bns", "inception", "bns+inception")
 INITS = ("gaussian", "pink")
@@ -68,7 +68,7 @@ class InverterConfig:
     device: str | None = None  # None: cuda when available, else cpu
     threads: int | None = None  # cpu threads (default: dfc.measure.runtime.cpu_threads, all cores this process may use)
     size: int | None = None  # side of the first phase's inputs in pixels (None: from `synthesis_macs`)
-    synthesis_macs: float | None = 1.3e8  # per-sample MACs the first phase aims at (None: always the input size)
+    synthesis_macs: float | None = REDUCED_SIZE_MACS  # per-sample MACs the first phase aims at (None: always the input size)
     min_side: int = 32
     refine_steps: int = 0  # steps at the input size after a smaller synthesis size
 
@@ -295,8 +295,7 @@ class Inverter:
         100 / 150 / 200 steps, W8A8 93.12 / 92.82 at 100 / 150)."""
         cfg = self.cfg
         low = self.synthesis_shape()
-        area = float(np.prod(low[1:]) / np.prod(self.shape[1:])) if len(low) > 1 else 1.0
-        volume = max(1.0, self.volume * area)
+        volume = max(1.0, self.volume * area_ratio(low, self.shape))
         samples = cfg.samples
         if samples is None:
             fit = int(round(cfg.budget / (MIN_STEPS * volume) / 32)) * 32

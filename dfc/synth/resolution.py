@@ -16,6 +16,13 @@ import torch.nn.functional as F
 
 from dfc.errors import DfcError
 
+REDUCED_SIZE_MACS = 1.3e8  # per-sample MACs a reduced working size aims at (inverter and fine-tuning alike)
+
+
+def area_ratio(low: tuple[int, ...], shape: tuple[int, ...]) -> float:
+    """The pixel count of per-sample shape `low` over that of `shape` (1 for inputs without spatial axes)."""
+    return float(np.prod(low[1:]) / np.prod(shape[1:])) if len(shape) > 1 else 1.0
+
 
 def model_cost(model: onnx.ModelProto) -> tuple[int, int, int]:
     """(MACs per sample, total stride: the input's height over the smallest conv output height, activation elements
