@@ -67,7 +67,7 @@ def build_passes(o: dict, ctx: Context, model: onnx.ModelProto) -> list:
             get_pass(
                 "quantize", wbits=o["wbits"], abits=o["abits"], first_last_bits=o["first_last_bits"],
                 calib=calib, calib_samples=o["calib_samples"] or GAUSSIAN_SAMPLES, calib_data=o["calib_data"], calibrator=o["calibrator"],
-                bias_correction=bool(o["bias_correction"]),
+                bias_correction=bool(o["bias_correction"]), weight_rounding=o["weight_rounding"],
             )
         )
     if tuning:

@@ -67,6 +67,7 @@ class Context:
     calibration_source: str = ""
     calibration_fallback: bool = False  # `synthesize` could not run the model: `quantize` calibrates on Gaussian noise
     snapshots: dict[str, onnx.ModelProto] = field(default_factory=dict)  # graphs kept by the `snapshot` pass
+    weight_latents: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> float weights its codes round
     original_bytes: int | None = None  # serialized size of the user's model (the reference of --target-size)
     logger: logging.Logger = field(default_factory=lambda: log)
 

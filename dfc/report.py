@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 
 def human(n: float, unit: str = "") -> str:
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -65,6 +67,7 @@ def summary_table(report: dict) -> str:
             out += [f"{head}:"] + ["  " + line for line in fidelity_lines(per)]
     out += _target_lines(report)
     out += _compensation_lines(report.get("passes", {}))
+    out += _rounding_lines(report.get("passes", {}))
     out += _inverter_lines(report.get("passes", {}))
     for note in report.get("notes", []):
         out.append(f"note: {note}")
@@ -131,6 +134,17 @@ def _compensation_lines(passes: dict) -> list[str]:
                    f"weights-loss error {before:.4g} -> {after:.4g} "
                    f"({100 * (after - before) / before if before else 0.0:+.2g} %)")
     return out
+
+
+def _rounding_lines(passes: dict) -> list[str]:
+    """The layers whose weights `dfc.quant.weight_rounding` rounded, with the median relative output error on the
+    calibration samples at nearest rounding and with it."""
+    rows = [r for r in passes.get("quantize", {}).get("layers", []) if r.get("rounding") == "gptq"]
+    if not rows:
+        return []
+    med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
+    return [f"weight rounding: gptq in {len(rows)} layers; relative output error on the calibration samples "
+            f"{med('output_rel_error_nearest'):.3g} at nearest rounding -> {med('output_rel_error'):.3g} (median)"]
 
 
 def _inverter_lines(passes: dict) -> list[str]:

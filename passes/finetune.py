@@ -68,7 +68,8 @@ class Finetune(Pass):
         self.skipped = False
         x, source = self._samples(graph, ctx)
         cfg = FinetuneConfig(**{f.name: o[f.name] for f in fields(FinetuneConfig)})
-        tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]))
+        tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]),
+                               latents=ctx.weight_latents)
         info["samples_source"] = source
         info["stage"] = o["stage"]
         ctx.results["finetune"] = info

@@ -34,9 +34,10 @@ from dfc.graph.ops import WEIGHTED
 from dfc.graph.preflight import QDQ_MIN_OPSET
 from dfc.measure import channel_stats
 from dfc.pipeline import Context, Pass, register
-from dfc.quant import activation_ranges
+from dfc.quant import activation_ranges, weight_rounding
 from dfc.quant import quant_math as qm
-from dfc.quant.layers import activation_plan, find_quantized_node, is_edge, quantizable_layers, weight_bit_plan
+from dfc.quant.layers import (activation_plan, find_quantized_node, is_edge, quantizable_layers, weight_axis,
+                              weight_bit_plan)
 from dfc.quant.qdq import ensure_bias, insert_qdq, integer_pads, quantize_add_constant, quantize_weights
 from dfc.synth import sample_sources
 
@@ -58,6 +59,7 @@ class Quantize(Pass):
             "calibrator": "mse",
             "percentile": 99.99,
             "bias_correction": True,  # move each layer's mean output back to float's (on the calibration samples)
+            "weight_rounding": "gptq",  # below 8 bits: codes and clipping from each layer's inputs (dfc.quant.weight_rounding)
             "float_layers": "auto",  # Conv/Gemm/MatMul names left in float, or "auto": by measurement (dfc.quant.float_layers)
         }
 
@@ -121,7 +123,8 @@ class Quantize(Pass):
         x = self._calibration_batch(graph, ctx)
         model = gs.export_onnx(graph)
         params = self._activation_params(model, calibrated, x, act_bits, fused, shared)
-        layers, means = self._rewrite(graph, model, x, weighted, layer_bits, params, act_bits, fused, const_adds)
+        layers, means, ctx.weight_latents = self._rewrite(graph, model, x, weighted, layer_bits, params, act_bits,
+                                                          fused, const_adds)
         self._record(ctx, x, act_bits, fused, integer_pads(graph), bool(means), layers, skipped)
         return graph
 
@@ -141,8 +144,15 @@ class Quantize(Pass):
 
     def _rewrite(self, graph, model, x, weighted, layer_bits, params, act_bits, fused, const_adds):
         """Q/DQ pairs on the activations, quantized Add constants, per-channel weights with bias-corrected int32
-        biases; returns (per-layer report rows, the input means used by bias correction)."""
+        biases; returns (per-layer report rows, the input means used by bias correction, layer name -> the float
+        weights its codes round, where they are not the graph's own: `weight_rounding`)."""
         o = self.options
+        if o["weight_rounding"] not in weight_rounding.ROUNDINGS:
+            raise DfcError(f"--weight-rounding must be one of {', '.join(weight_rounding.ROUNDINGS)}, "
+                           f"got {o['weight_rounding']!r}")
+        aware = [n for n in weighted if o["weight_rounding"] == "gptq" and layer_bits[id(n)] < 8
+                 and weight_rounding.supports(n, weight_axis(n))]
+        hessians = weight_rounding.input_hessians(model, aware, x, progress="weight rounding") if aware else {}
         input_of = {id(n): n.inputs[0].name for n in weighted}  # float names, before Q/DQ goes in
         means = {}
         if o["bias_correction"]:
@@ -159,12 +169,16 @@ class Quantize(Pass):
         for n in graph.nodes:
             if n.name in const_adds:
                 quantize_add_constant(graph, n, *const_adds[n.name])
-        layers = []
+        layers, latents = [], {}
         for n in weighted:
-            x_params = params[input_of[id(n)]]
-            layers.append(quantize_weights(graph, n, layer_bits[id(n)], x_params, means.get(input_of[id(n)])))
-
-        return layers, means
+            x_params, codes, extra = params[input_of[id(n)]], None, {"rounding": "nearest"}
+            if n.name in hessians:
+                q, s, latents[n.name], extra = weight_rounding.round_weight(
+                    ir.const_value(n.inputs[1]), layer_bits[id(n)], weight_axis(n), hessians.pop(n.name))
+                codes = (q, s)
+            row = quantize_weights(graph, n, layer_bits[id(n)], x_params, means.get(input_of[id(n)]), codes=codes)
+            layers.append({**row, **extra})
+        return layers, means, latents
 
     def _record(self, ctx, x, act_bits, fused, pads_moved, corrected, layers, skipped) -> None:
         o = self.options

@@ -15,8 +15,10 @@ from dfc.graph.modelio import load_model
 from dfc.pipeline import Context, PassManager
 from dfc.finetune.student import Student, float_weights_of
 
-# without udfc-requant the float graph before `quantize` is the teacher, whose weights the codes come from
-RESIDUAL_QDQ_OPTS = dict(wbits=4, abits=4, calib="gaussian", measure=False, udfc_requant=False)
+# without udfc-requant and with nearest rounding the float graph before `quantize` is the teacher, whose weights
+# the codes are rounded from
+RESIDUAL_QDQ_OPTS = dict(wbits=4, abits=4, calib="gaussian", measure=False, udfc_requant=False,
+                         weight_rounding="nearest")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def demo_w2a4():
     model = load_model(DEMO)
     teacher = PassManager(["cleanup", "fold-bn"]).run(model, Context())
     return model, teacher, api.optimize(model, wbits=2, abits=4, first_last_bits=4, calib="gaussian", measure=False,
-                                        udfc_requant=False)
+                                        udfc_requant=False, weight_rounding="nearest")
 
 
 def _student_out(student, x):

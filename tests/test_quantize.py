@@ -55,7 +55,8 @@ def test_every_bit_width_gives_a_valid_model_with_error_shrinking_in_bits(bits):
     m = conv_bn_relu_cnn()
     x = rand((32, 3, 8, 8), seed=3)
     ref = run(m, x)
-    q, ctx = _quantize(m, wbits=bits, abits=bits, first_last_bits=8)
+    # nearest rounding: the width alone decides (GPTQ's rounding can beat 8-bit nearest at 6 bits on this small net)
+    q, ctx = _quantize(m, wbits=bits, abits=bits, first_last_bits=8, weight_rounding="nearest")
     check_model(q)
     err = np.abs(run(q, x) - ref).mean()
     q8, _ = _quantize(m)
@@ -137,7 +138,8 @@ def test_bias_correction_restores_each_layers_mean_output(bits, k):
     ref_y, ref_c = run_all(m, x)
     shift, residual = {}, {}
     for bc in (True, False):
-        q, ctx = _quantize(m, wbits=bits, abits=bits, first_last_bits=bits, calib_data=x, bias_correction=bc)
+        q, ctx = _quantize(m, wbits=bits, abits=bits, first_last_bits=bits, calib_data=x, bias_correction=bc,
+                           weight_rounding="nearest")  # GPTQ's H holds E[x]: it cancels part of the shift itself
         y, c = run_all(q, x)
         residual[bc] = np.abs(c.mean((0, 2, 3)) - ref_c.mean((0, 2, 3)))
         shift[bc] = (residual[bc].mean(), np.abs(y.mean(0) - ref_y.mean(0)).mean())

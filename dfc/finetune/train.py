@@ -350,9 +350,10 @@ def is_pruned(model: onnx.ModelProto, teacher_model: onnx.ModelProto) -> bool:
 
 
 def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarray, cfg: FinetuneConfig,
-             float_model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, dict]:
+             float_model: onnx.ModelProto | None = None, latents: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `model` (QDQ or float) towards `teacher_model` on samples `x`; returns (model, info).
-    `float_model`: the graph before quantization (latent weights; AdaRound's base). Where the trained student's
+    `float_model`: the graph before quantization (latent weights; AdaRound's base); `latents`: layer name -> the
+    float weights its codes were rounded from where that is not `float_model`'s (GPTQ's error-fed weights). Where the trained student's
     output KL to the teacher on the (unaugmented) samples ends above the untrained one's, `model` itself is returned
     and info["kept"] says "input" (ResNet-56 W8A8, kd at lr 3e-4: KL 0.0041 → 0.0446, JPEG agreement 97.98 → 94.44 %)."""
     from dfc.synth.inverter import pick_device
@@ -365,7 +366,8 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     t0 = time.perf_counter()
-    floats = float_weights_of(float_model) if float_model is not None else None
+    floats = float_weights_of(float_model) if float_model is not None else {}
+    floats.update({k: (w, floats.get(k, (None, None))[1]) for k, w in (latents or {}).items()})
     student = Student(model, floats, rounding=cfg.rounding if cfg.method == "blocks" else "ste",
                       learn_act_scales=cfg.act_scales).to(device)
     teacher = TorchGraph(teacher_model).to(device)

@@ -13,6 +13,7 @@ from dfc.finetune.train import METHODS as FINETUNE_METHODS
 from dfc.options.schema import opt
 from dfc.prune.criteria import CRITERIA, SCOPES
 from dfc.quant.activation_ranges import CALIBRATORS
+from dfc.quant.weight_rounding import ROUNDINGS
 from dfc.synth.sample_sources import CALIB_METHODS
 
 
@@ -82,6 +83,10 @@ class QuantOptions:
         True, "bias correction: each quantized layer's bias cancels the mean output shift its weight and input "
         "quantization cause, measured on the calibration samples", rule="bool", switch=False,
         flag="--no-bias-correction", advanced=True)
+    weight_rounding: str = opt(
+        "gptq", "weights below 8 bits: gptq (per-channel clipping and codes that minimise each layer's output error "
+        "on the calibration samples: GPTQ error feedback), nearest (round to nearest at the max scale)",
+        choices=ROUNDINGS, cli=str, advanced=True)
 
 
 @dataclass

@@ -32,12 +32,14 @@ def insert_qdq(graph: gs.Graph, t: gs.Tensor, p: qm.ActQParams) -> None:
 
 
 def quantize_weights(graph: gs.Graph, n: gs.Node, bits: int, x_params: qm.ActQParams,
-                      x_means: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                      x_means: tuple[np.ndarray, np.ndarray] | None = None,
+                      codes: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Per-channel weights and int32 bias of one layer; with `x_means` (E[x], E[Q(x)] per input channel) the
-    bias is corrected first (`_bias_shift`)."""
+    bias is corrected first (`_bias_shift`). `codes`: (int8 codes, scales) rounded elsewhere
+    (`dfc.quant.weight_rounding`), else nearest rounding (`quant_math.quantize_weight`)."""
     axis = weight_axis(n)
     w = ir.const_value(n.inputs[1])
-    q, s = qm.quantize_weight(w, bits, axis)
+    q, s = codes if codes is not None else qm.quantize_weight(w, bits, axis)
     w_hat = qm.dequantize_weight(q, s, axis)
     err = qm.relative_error(w, w_hat)
     n.inputs[1] = dq_const(graph, n.name + "_w", q, s, np.zeros(s.shape, np.int8), axis, w.shape)
