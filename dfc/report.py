@@ -137,14 +137,21 @@ def _compensation_lines(passes: dict) -> list[str]:
 
 
 def _rounding_lines(passes: dict) -> list[str]:
-    """The layers whose weights `dfc.quant.weight_rounding` rounded, with the median relative output error on the
-    calibration samples at nearest rounding and with it."""
-    rows = [r for r in passes.get("quantize", {}).get("layers", []) if r.get("rounding") == "gptq"]
-    if not rows:
+    """`dfc.quant.weight_rounding` where it ran: the layers it rounded, the median relative output error on the
+    calibration samples at nearest rounding and with it, and the whole-model check that kept it or not."""
+    q = passes.get("quantize", {})
+    check = q.get("rounding_check")
+    if not check:
         return []
-    med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
-    return [f"weight rounding: gptq in {len(rows)} layers; relative output error on the calibration samples "
-            f"{med('output_rel_error_nearest'):.3g} at nearest rounding -> {med('output_rel_error'):.3g} (median)"]
+    rows = [r for r in q.get("layers", []) if r.get("rounding") == "gptq"]
+    kept = check["kept"] == "gptq"
+    line = (f"weight rounding: gptq {'kept' if kept else 'not kept'} (output MSE on {check['samples']} calibration "
+            f"samples {check['mse_gptq']:.4g}, nearest rounding {check['mse_nearest']:.4g})")
+    if rows:
+        med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
+        line += (f"; {len(rows)} layers, relative layer output error {med('output_rel_error_nearest'):.3g} -> "
+                 f"{med('output_rel_error'):.3g} (median)")
+    return [line]
 
 
 def _inverter_lines(passes: dict) -> list[str]:
