@@ -16,7 +16,7 @@ FAST = {"calib_samples": 32, "inverter_steps": 10}
 
 def test_full_matrix_is_the_issue_matrix():
     names = full_matrix()
-    assert len(names) == len(set(names)) == 1 + 4 + 4 + 4 * 3 * 3 * 2 + 4  # + the target rows
+    assert len(names) == len(set(names)) == 1 + 4 + 4 + 4 * 3 * 3 * 2 + 4 + 4  # + the target and fine-tuned rows
     for n in names:
         assert parse_config(n).name == n
     assert {parse_config(n).kind for n in names} == {"reference", "ort", "dfc"}
@@ -26,6 +26,15 @@ def test_target_rows_prune_to_a_target():
     c = parse_config("w8a8-bns-tlat0.3-udfc")
     assert c.target == ("target_latency", 0.3) and c.dfc_options()["target_latency"] == 0.3 and c.prune == 0.0
     assert parse_config("float-tsize0.25-none").dfc_options()["target_size"] == 0.25
+
+
+def test_finetuned_rows_train_with_their_method():
+    c = parse_config("w8a8-bns-tlat0.3-udfc-kd")
+    assert c.finetune == "kd" and c.dfc_options()["finetune"] == "kd" and c.dfc_options()["target_latency"] == 0.3
+    assert parse_config("w4a8-bns-p0-udfc-blocks").dfc_options()["finetune"] == "blocks"
+    assert "finetune" not in parse_config("w4a8-bns-p0-udfc").dfc_options()
+    with pytest.raises(DfcError, match="--configs"):
+        parse_config("w4a8-bns-p0-udfc-sgd")
 
 
 def test_config_options():

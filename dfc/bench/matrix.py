@@ -14,7 +14,8 @@ Names:
 machine): `tlat0.6` (ORT latency ratio), `tsize0.25` (file size ratio), `tmacs0.5` (MACs ratio), all with the
 default channel multiple and `all` scope; `comp` is `udfc` (dfc's defaults: udfc
 criterion, compensation and requantization) or `none` (plain L1 pruning: `l1-prebn` criterion, no
-compensation, no requantization).
+compensation, no requantization). A `-kd` or `-blocks` suffix fine-tunes the row against fp32 on its synthetic
+samples (`--finetune`, default budget), e.g. `w8a8-bns-tlat0.3-udfc-kd`, `w4a8-bns-p0-udfc-blocks`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ PRUNINGS = ("p0", "p0.3inner", "p0.5all")
 COMPENSATIONS = ("none", "udfc")
 ORT_BASELINES = ("ort-u8-gaussian", "ort-s8-gaussian", "ort-u8-real", "ort-s8-real")
 TARGET_ROWS = ("float-tlat0.6-udfc", "float-tmacs0.5-udfc", "w8a8-bns-tlat0.3-udfc", "w8a8-bns-tsize0.25-udfc")
+FINETUNED_ROWS = ("float-tlat0.6-udfc-kd", "w8a8-bns-tlat0.3-udfc-kd", "w4a8-bns-p0-udfc-blocks", "w4a4-bns-p0-udfc-kd")
 TARGET_KEYS = {"lat": "target_latency", "size": "target_size", "macs": "target_macs"}
 
 _DFC = re.compile(r"^(?:w(?P<w>[2-8])a(?P<a>[2-8])-(?P<calib>gaussian|pink|bns|inception|bns\+inception)|float)"
                   r"-(?:p(?P<ratio>0(?:\.\d+)?)(?P<scope>inner|all)?|t(?P<tkind>lat|size|macs)(?P<tval>(?:0\.\d+|1)))"
-                  r"-(?P<comp>none|udfc)$")
+                  r"-(?P<comp>none|udfc)(?:-(?P<ft>kd|blocks))?$")
 _ORT = re.compile(r"^ort-(?P<act>u8|s8)-(?P<calib>gaussian|real)$")
 
 
@@ -51,6 +53,7 @@ class Config:
     compensate: str = "udfc"
     activations: str | None = None  # ORT baseline: uint8 | int8
     target: tuple | None = None  # (dfc option, ratio), e.g. ("target_latency", 0.6)
+    finetune: str | None = None  # kd | blocks: trained against fp32 on the row's synthetic samples
 
     @property
     def precision(self) -> str:
@@ -65,6 +68,8 @@ class Config:
             o[self.target[0]] = self.target[1]
         if self.compensate == "none":
             o["criterion"] = "l1-prebn"
+        if self.finetune:
+            o["finetune"] = self.finetune
         if self.wbits is None:
             o["no_quant"] = True
         else:
@@ -84,12 +89,12 @@ def parse_config(name: str) -> Config:
                        f"float-p0.5all-none, ort-u8-gaussian)")
     if m["tkind"]:
         return Config(name, "dfc", int(m["w"]) if m["w"] else None, int(m["a"]) if m["a"] else None, m["calib"],
-                      0.0, "all", m["comp"], target=(TARGET_KEYS[m["tkind"]], float(m["tval"])))
+                      0.0, "all", m["comp"], target=(TARGET_KEYS[m["tkind"]], float(m["tval"])), finetune=m["ft"])
     ratio = float(m["ratio"])
     if ratio > 0 and not m["scope"]:
         raise DfcError(f"--configs: {name!r} prunes but names no scope (p{ratio}inner or p{ratio}all)")
     return Config(name, "dfc", int(m["w"]) if m["w"] else None, int(m["a"]) if m["a"] else None, m["calib"],
-                  ratio, m["scope"] or "inner", m["comp"])
+                  ratio, m["scope"] or "inner", m["comp"], finetune=m["ft"])
 
 
 def full_matrix() -> list[str]:
@@ -97,7 +102,7 @@ def full_matrix() -> list[str]:
     names = ["fp32", *ORT_BASELINES]
     names += [f"float-{p}-{c}" for p in PRUNINGS[1:] for c in COMPENSATIONS]
     names += [f"{q}-{cal}-{p}-{c}" for q in PRECISIONS for cal in CALIBS for p in PRUNINGS for c in COMPENSATIONS]
-    return names + list(TARGET_ROWS)
+    return names + list(TARGET_ROWS) + list(FINETUNED_ROWS)
 
 
 QUICK_MODELS = ("resnet20",)
