@@ -56,7 +56,7 @@ def test_bad_config_names_are_refused(bad):
 
 def test_select_patterns_keep_fp32_first():
     picked = [c.name for c in select("w4a4-bns-*,ort-*", quick=False)]
-    assert picked[0] == "fp32" and len(picked) == 1 + 6 + 4
+    assert picked[0] == "fp32" and len(picked) == 1 + 6 + 1 + 4  # w4a4-bns-*: 6 matrix rows and the kd row
     with pytest.raises(DfcError, match="matches no configuration"):
         select("w3a3-*", quick=False)
 
