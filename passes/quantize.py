@@ -113,10 +113,11 @@ class Quantize(Pass):
             raise DfcError(f"--weight-rounding must be one of {', '.join(weight_rounding.ROUNDINGS)}, "
                            f"got {o['weight_rounding']!r}")
         x = self._calibration_batch(graph, ctx)
-        plain = graph.copy() if o["weight_rounding"] != "nearest" else None
+        low_bits = min(o["wbits"], o["first_last_bits"]) < 8  # weight_rounding acts below 8 bits only
+        plain = graph.copy() if o["weight_rounding"] != "nearest" and low_bits else None
         built = self._build(graph, x, kept_float, o["weight_rounding"])
         check = None
-        if built["latents"]:  # kept only where the whole model ends closer to float on the samples
+        if built["latents"] and plain is not None:  # kept only where the whole model ends closer to float on the samples
             other = self._build(plain, x, kept_float, "nearest")
             check = rounding_check(built["model"], x, built["graph"], other["graph"])
             if check["kept"] == "nearest":
