@@ -92,12 +92,18 @@ CLIP_RATIOS = np.linspace(1.0, 0.05, 96)  # candidate clipping ratios c of the p
 CLIP_BELOW_BITS = 4
 
 
+def channel_rows(w: np.ndarray, axis: int) -> np.ndarray:
+    """`w` as float64 [channels along `axis`, everything else] (a Conv's rest in im2col order: input channel, kernel
+    row, kernel column)."""
+    return np.moveaxis(np.asarray(w, np.float64), axis, 0).reshape(w.shape[axis], -1)
+
+
 def weight_scales(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
     """Per-channel scales along `axis`: s_c = c·max|W_c|/(2^(b−1) − 1), below `CLIP_BELOW_BITS` with c from
     `CLIP_RATIOS` minimising ‖W_c − s_c·clip(round(W_c/s_c), q_min, q_max)‖², else c = 1 (all-zero channels get
     scale 1)."""
     qmin, qmax = weight_code_range(bits)
-    rows = np.moveaxis(np.asarray(w, np.float64), axis, 0).reshape(w.shape[axis], -1)
+    rows = channel_rows(w, axis)
     amax = np.abs(rows).max(1)
     qpos = 2 ** (bits - 1) - 1
     best_s, best_err = amax / qpos, np.full(len(rows), np.inf)

@@ -33,9 +33,7 @@ MAX_COLUMNS = 4096  # H is columns² float64 (128 MiB at 4096): wider layers are
 HESSIAN_BATCH = 8  # samples per ORT run while H accumulates
 
 
-def weight_rows(w: np.ndarray, axis: int) -> np.ndarray:
-    """W as [output channels, inputs] (a Conv's inputs in im2col order: input channel, kernel row, kernel column)."""
-    return np.moveaxis(np.asarray(w, np.float64), axis, 0).reshape(w.shape[axis], -1)
+weight_rows = qm.channel_rows  # W as [output channels, inputs]
 
 
 def from_rows(rows: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
