@@ -167,7 +167,7 @@ def _inverter_lines(passes: dict) -> list[str]:
     ft = passes.get("finetune")
     if ft and "kl_before" in ft:
         out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
-                   f"({ft['blocks']} blocks){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
+                   f"({ft['blocks']} blocks{_blocks_kept(ft)}){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
                    f"{ft['batch']}, lr {_lr_text(ft)}, {ft['device']}: output KL to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
                    + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted on 2 CPU cores, took "
@@ -182,6 +182,12 @@ def _inverter_lines(passes: dict) -> list[str]:
     if timed:
         out.append("time per pass: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timed))
     return out
+
+
+def _blocks_kept(ft: dict) -> str:
+    """', N kept as they started' for block reconstruction where some blocks ended worse than they began."""
+    back = sum(1 for b in ft.get("block_trace") or [] if b.get("kept") == "input")
+    return f", {back} kept as they started" if back else ""
 
 
 def layer_table(rows: list[dict]) -> str:

@@ -84,6 +84,7 @@ def test_finetuning_lowers_the_loss_and_stays_a_fused_qdq_graph(demo_w2a4, metho
     cfg = FinetuneConfig(method=method, steps=60, batch=16, lr=1e-3 if method == "kd" else None)
     out, info = finetune(qdq, teacher, x, cfg, float_model=teacher)
     assert info["kl_after"] < 0.5 * info["kl_before"]
+    assert isinstance(info["blocks"], int) and len(info.get("block_trace", [None] * info["blocks"])) == info["blocks"]
     ops = sorted(n.op_type for n in out.graph.node)
     assert ops == sorted(n.op_type for n in qdq.graph.node)
     changed = [a.name for a, b in zip(out.graph.initializer, qdq.graph.initializer) if a.SerializeToString() != b.SerializeToString()]

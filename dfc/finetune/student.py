@@ -205,12 +205,7 @@ class Student(TorchGraph):
             if sc.name not in reads:
                 reads.append(sc.name)
             if n.op == "QuantizeLinear":
-                self.scale_nodes[key].append(i)
-                clip = n.inputs[0].inputs[0] if n.inputs[0].inputs else None
-                if clip is not None and clip.op == "Clip":
-                    for t in clip.inputs[1:3]:
-                        if isinstance(t, gs.Constant) and t.name not in reads:
-                            reads.append(t.name)
+                self.scale_nodes[key].append(i)  # a narrow width's Clip acts on the codes: no scale in it
             else:
                 for c in n.outputs[0].outputs:
                     if c.op in WEIGHTED and c.inputs[0] is n.outputs[0]:

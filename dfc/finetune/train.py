@@ -148,14 +148,14 @@ def _shape_check(student: Student, t_graph: TorchGraph, probe: np.ndarray | None
 
 
 def _teacher_name(dq, teacher_names: set[str]) -> str | None:
-    """The float tensor an activation DequantizeLinear stands for: its QuantizeLinear's input, through the Clip
-    that a narrow width inserts."""
+    """The float tensor an activation DequantizeLinear stands for: its QuantizeLinear's input (through the Clip on
+    the codes that a narrow width inserts between the two)."""
     q = dq.inputs[0].inputs[0] if dq.inputs[0].inputs else None
+    if q is not None and q.op == "Clip" and q.inputs[0].inputs:
+        q = q.inputs[0].inputs[0]
     if q is None or q.op != "QuantizeLinear":
         return None
     t = q.inputs[0]
-    while t.name not in teacher_names and t.inputs and t.inputs[0].op == "Clip":
-        t = t.inputs[0].inputs[0]
     return t.name if t.name in teacher_names else None
 
 
@@ -251,7 +251,7 @@ def reconstruct_blocks(student: Student, teacher: TorchGraph, blocks: list[Block
                        cfg: FinetuneConfig, steps: int) -> dict:
     """BRECQ with AdaRound (module doc): one block at a time, in order; a block whose reconstruction loss on the
     samples ends above where it started (the annealed rounding hardened too early) keeps its starting weights and
-    roundings (EfficientNet-Lite0 W4A8 at 152 steps per block at 128²: 8 of 32 blocks). Returns per-block losses before/after."""
+    roundings (EfficientNet-Lite0 W4A8 at 152 steps per block at 128²: 8 of 32 blocks). Returns {"block_trace": per-block losses before/after}."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lr = cfg.lr or DEFAULT_LR["blocks"]
     x_q = x
@@ -306,7 +306,7 @@ def reconstruct_blocks(student: Student, teacher: TorchGraph, blocks: list[Block
         x_q = _chunks(run, x_q)
     for p in student.parameters():
         p.requires_grad_(True)
-    return {"blocks": trace}
+    return {"block_trace": trace}
 
 
 class TeacherTargets:

@@ -13,22 +13,25 @@ from dfc.quant.layers import int_bias_form, weight_axis
 
 
 def insert_qdq(graph: gs.Graph, t: gs.Tensor, p: qm.ActQParams) -> None:
+    """t → QuantizeLinear → DequantizeLinear (uint8, per tensor), shared by all of t's consumers. Below 8 bits the
+    codes are clipped to the b-bit range [0, 2^b − 1] between the two (a Clip on uint8): the same values as clipping
+    t to `p.representable_range()` in float, but the QuantizeLinear stays next to its producer, so ORT still fuses
+    DQ → op → Q into its QLinear kernels (ResNet-20 W4A4: 0.48× fp32 latency, against 1.99× with a float Clip in front
+    of the QuantizeLinear)."""
     base = t.name
     scale = ir.make_const(ir.unique_name(graph, base + "_scale"), np.array(p.scale, np.float32))
     zp = ir.make_const(ir.unique_name(graph, base + "_zp"), np.array(p.zero_point, np.uint8))
     dq_out = gs.Variable(ir.unique_name(graph, base + "_dq"), dtype=np.float32, shape=t.shape)
     ir.replace_uses(graph, t, dq_out, nodes_only=True)  # a graph output keeps its name and float values
-    src = t
-    if p.bits < 8:
-        lo, hi = p.representable_range()
-        src = gs.Variable(ir.unique_name(graph, base + "_clip"), dtype=np.float32, shape=t.shape)
-        graph.nodes.append(
-            gs.Node("Clip", name=base + "_clip", inputs=[t, ir.make_const(base + "_clip_lo", np.array(lo, np.float32)),
-                    ir.make_const(base + "_clip_hi", np.array(hi, np.float32))], outputs=[src])
-        )
     q_out = gs.Variable(ir.unique_name(graph, base + "_q"), dtype=np.uint8, shape=t.shape)
-    graph.nodes.append(gs.Node("QuantizeLinear", name=base + "_Q", inputs=[src, scale, zp], outputs=[q_out]))
-    graph.nodes.append(gs.Node("DequantizeLinear", name=base + "_DQ", inputs=[q_out, scale, zp], outputs=[dq_out]))
+    graph.nodes.append(gs.Node("QuantizeLinear", name=base + "_Q", inputs=[t, scale, zp], outputs=[q_out]))
+    codes = q_out
+    if p.bits < 8:
+        codes = gs.Variable(ir.unique_name(graph, base + "_clip"), dtype=np.uint8, shape=t.shape)
+        graph.nodes.append(gs.Node("Clip", name=codes.name, outputs=[codes], inputs=[
+            q_out, ir.make_const(ir.unique_name(graph, base + "_clip_lo"), np.array(0, np.uint8)),
+            ir.make_const(ir.unique_name(graph, base + "_clip_hi"), np.array(p.qmax, np.uint8))]))
+    graph.nodes.append(gs.Node("DequantizeLinear", name=base + "_DQ", inputs=[codes, scale, zp], outputs=[dq_out]))
 
 
 def quantize_weights(graph: gs.Graph, n: gs.Node, bits: int, x_params: qm.ActQParams,
