@@ -100,6 +100,16 @@ def empty_graph() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _empty(d: Path, name: str) -> str:
+    (d / name).write_bytes(b"")
+    return str(d / name)
+
+
+def _npy(d: Path, name: str) -> str:
+    np.save(d / name, np.zeros((4, 1, 8, 8), np.float32))
+    return str(d / name)
+
+
 def _save(model: onnx.ModelProto, d: Path, name: str) -> str:
     p = d / name
     onnx.save(model, str(p))
@@ -224,6 +234,12 @@ CASES: list[Case] = [
     Case("calib-data-shape", "options", "--calib-data samples of the wrong shape",
          lambda d: ["optimize", str(DEMO), "-o", str(d / "out.onnx"), *FAST,
                     "--calib-data", _npz(d, "calib.npz", x=np.zeros((4, 3, 8, 8), np.float32))], 2, "expects"),
+    Case("calib-data-empty", "options", "--calib-data an empty file",
+         lambda d: ["optimize", str(DEMO), "-o", str(d / "out.onnx"), *FAST, "--calib-data", _empty(d, "calib.npz")], 2,
+         "cannot read as .npz"),
+    Case("calib-data-npy", "options", "--calib-data a bare .npy array",
+         lambda d: ["optimize", str(DEMO), "-o", str(d / "out.onnx"), *FAST, "--calib-data", _npy(d, "calib.npy")], 2,
+         "not an .npz archive"),
     Case("bad-device", "options", "--device quantum", _demo("--device", "quantum"), 2, "--device quantum"),
     Case("eval-missing-labels", "options", "eval data without `labels`",
          lambda d: ["eval", str(DEMO), "--data", _npz(d, "nolabels.npz", images=np.zeros((2, 8, 8, 1), np.uint8))], 2,

@@ -47,7 +47,13 @@ def load_calibration(path, mean=None, std=None) -> np.ndarray:
     from dfc.measure.validation import preprocess
 
     try:
-        with np.load(path) as d:
+        d = np.load(path)
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
+        raise DfcError(f"--calib-data {path}: cannot read as .npz ({type(e).__name__}: {e or 'empty file'})") from e
+    if not isinstance(d, np.lib.npyio.NpzFile):
+        raise DfcError(f"--calib-data {path}: a single .npy array, not an .npz archive; save it as np.savez(path, x=array)")
+    try:
+        with d:
             if "x" in d:
                 return np.asarray(d["x"], np.float32)
             if "images" in d:
@@ -55,5 +61,5 @@ def load_calibration(path, mean=None, std=None) -> np.ndarray:
                     raise DfcError(f"--calib-data {path}: uint8 `images` need --input-mean/--input-std")
                 return preprocess(d["images"], mean, std)
             raise DfcError(f"--calib-data {path}: no `x` (float inputs) or `images` array; found {', '.join(d.files)}")
-    except (OSError, ValueError) as e:
-        raise DfcError(f"--calib-data {path}: cannot read ({e})") from e
+    except (OSError, ValueError, EOFError) as e:
+        raise DfcError(f"--calib-data {path}: cannot read ({type(e).__name__}: {e})") from e
