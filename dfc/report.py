@@ -112,7 +112,7 @@ def _compensation_lines(passes: dict) -> list[str]:
     check = (comp or {}).get("check")
     if check and not comp["used"]:
         out.append(f"udfc: pruning compensation not used: it did not lower the output error on {check['samples']} "
-                   f"{check['probe']} probe inputs (MSE {check['mse_compensated']:.4g} with, {check['mse_plain']:.4g} without)")
+                   f"{check['probe']} probe inputs ({check['metric']} {check['error_compensated']:.4g} with, {check['error_plain']:.4g} without)")
     elif comp and comp["layers"]:
         rebuilt = [r for r in comp["layers"] if r["loss"] != "bn-mean"]
         by_mean = [r for r in comp["layers"] if r["loss"] == "bn-mean"]
@@ -124,8 +124,8 @@ def _compensation_lines(passes: dict) -> list[str]:
         out.append(f"udfc: {merged} of {dropped} pruned channels rebuilt from kept ones ({comp['partners']}, "
                    f"{comp['loss']} loss) in {len(rebuilt)} layers{means}; predicted error left "
                    f"{100 * sum(errs) / len(errs):.0f} % of plain pruning's (mean over steps, see --report)"
-                   + (f"; output MSE on {check['samples']} {check['probe']} probe inputs {check['mse_compensated']:.4g} "
-                      f"(plain removal {check['mse_plain']:.4g})" if check else ""))
+                   + (f"; output {check['metric']} on {check['samples']} {check['probe']} probe inputs "
+                      f"{check['error_compensated']:.4g} (plain removal {check['error_plain']:.4g})" if check else ""))
     rq = passes.get("udfc-requant")
     if rq and rq["layers"]:
         before = sum(r["predicted_error_before"] for r in rq["layers"])
@@ -145,8 +145,8 @@ def _rounding_lines(passes: dict) -> list[str]:
         return []
     rows = [r for r in q.get("layers", []) if r.get("rounding") == "gptq"]
     kept = check["kept"] == "gptq"
-    line = (f"weight rounding: gptq {'kept' if kept else 'not kept'} (output MSE on {check['samples']} calibration "
-            f"samples {check['mse_gptq']:.4g}, nearest rounding {check['mse_nearest']:.4g})")
+    line = (f"weight rounding: gptq {'kept' if kept else 'not kept'} (output {check['metric']} on {check['samples']} "
+            f"calibration samples {check['error_gptq']:.4g}, nearest rounding {check['error_nearest']:.4g})")
     if rows:
         med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
         line += (f"; {len(rows)} layers, relative layer output error {med('output_rel_error_nearest'):.3g} -> "

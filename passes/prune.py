@@ -127,7 +127,7 @@ class Prune(TargetSearch, PruneSchedule, Pass):
                 tctx = probe.trial_context(ctx)
                 name = f"{comp}, {rank}"
                 g, stats = runner._schedule(ir.import_graph(base), tctx, None, desc=f"prune ({name})")
-                trials[(comp, rank)] = (g, stats, tctx, probe.mse(ref, probe.outputs(g, x)))
+                trials[(comp, rank)] = (g, stats, tctx, probe.error(ref, probe.outputs(g, x)))
         best = {comp: ranks[min((trials[(comp, r)][3], i) for i, r in enumerate(ranks))[1]] for comp in comps}  # per comp, its best rank (ties: the first)
         err = {comp: trials[(comp, best[comp])][3] for comp in comps}
         pick = comps[0] if err[comps[0]] <= err[comps[-1]] else comps[-1]
@@ -135,15 +135,16 @@ class Prune(TargetSearch, PruneSchedule, Pass):
         probe.adopt(ctx, tctx)
         stats["global"] = best[pick] == "global"
         stats["ranking_check"] = {"probe": probe.source(ctx), "samples": int(len(x)), "kept": best[pick],
-                                  "mse": {f"{c}, {r}": round_sig(t[3]) for (c, r), t in trials.items()}}
+                                  "metric": probe.metric(ref),
+                                  "error": {f"{c}, {r}": round_sig(t[3]) for (c, r), t in trials.items()}}
         if o["compensate"] == "none":
             return g, stats
         err_c, err_n = err[comps[0]], err["none"]
-        check = {"probe": probe.source(ctx), "samples": int(len(x)), "mse_compensated": round_sig(err_c),
-                 "mse_plain": round_sig(err_n), "kept": pick}
+        check = {"probe": probe.source(ctx), "samples": int(len(x)), "metric": probe.metric(ref),
+                 "error_compensated": round_sig(err_c), "error_plain": round_sig(err_n), "kept": pick}
         if pick == "none":
             ctx.note(f"prune: UDFC compensation did not reduce the output error on {len(x)} {check['probe']} probe inputs "
-                     f"(MSE {err_c:.4g} with, {err_n:.4g} without); kept plain removal")
+                     f"({check['metric']} {err_c:.4g} with, {err_n:.4g} without); kept plain removal")
         stats["compensation"] = {**trials[(comps[0], best[comps[0]])][1].get("compensation", {}), "used": pick != "none",
                                  "check": check}
         return g, stats

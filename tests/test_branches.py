@@ -86,7 +86,7 @@ def test_a_target_search_removes_the_least_harmful_branch_first():
                                     channel_multiple=1, calib="gaussian")
     depth = rep["passes"]["prune"]["depth"]
     assert depth["candidates"] == 3 and depth["removed"][0]["add"] == "blk2/add"
-    assert depth["removed"][0]["probe_mse"] == pytest.approx(0.0, abs=1e-8)
+    assert depth["removed"][0]["probe_error"] == pytest.approx(0.0, abs=1e-8)
     assert rep["passes"]["prune"]["target"]["met"] and rep["after"]["macs"] <= 0.75 * rep["before"]["macs"]
     assert not any(n.name.startswith("blk2/") and n.op_type == "Conv" for n in out.graph.node)
     onnx.checker.check_model(out)

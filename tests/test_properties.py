@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from conftest import calibrate_bn, run
 from dfc.api import optimize, optimize_with_report
+from dfc.measure import probe
 from dfc.prune.criteria import CRITERIA
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -186,12 +187,14 @@ def test_quantize_gives_a_valid_model(model, wbits, abits, ratio):
 
 
 def test_compensation_never_worse_than_none_on_bn_models():
-    """UDFC vs plain removal of the same channels (l1-prebn), output MSE on inputs like those the (calibrated) BN
+    """UDFC vs plain removal of the same channels (l1-prebn), output error (`probe.error`: the class KL of these
+    classifiers) on inputs like those the (calibrated) BN
     statistics describe, over 150 drawn models whose pruned layers have BN. The BN-moment model alone is not never
     worse (its channel correlations come from filter cosines, exact only for uncorrelated layer inputs; see
     test_compensation_check_falls_back_when_udfc_is_worse), so the prune pass checks the result on synthetic probe
     inputs and keeps plain removal where UDFC does not help. Asserted: never worse than plain removal beyond the
-    sampling noise between the probe draw and this evaluation draw (2 %), and better on most models."""
+    sampling noise between the probe draw and this evaluation draw (5 %: the class KL of a near-tie varies more
+    between two draws of 256 than the MSE did, which held within 2 %; measured max 1.041), and better on most models."""
     ratios = []
 
     @settings(max_examples=150, **SETTINGS)
@@ -201,14 +204,14 @@ def test_compensation_never_worse_than_none_on_bn_models():
         x = _inputs(model, 256, 4)
         ref = run(model, x)
         common = dict(no_quant=True, prune=ratio, prune_scope="inner", criterion="l1-prebn")
-        err = {c: float(np.mean((run(optimize(model, compensate=c, **common), x) - ref) ** 2)) for c in ("udfc", "none")}
+        err = {c: probe.error([ref], [run(optimize(model, compensate=c, **common), x)]) for c in ("udfc", "none")}
         if err["none"] > 1e-9:
             ratios.append(err["udfc"] / err["none"])
 
     one()
     r = np.array(ratios)
     assert len(r) >= 100
-    assert r.max() <= 1.02, sorted(r.round(3))[-5:]
+    assert r.max() <= 1.05, sorted(r.round(3))[-5:]
     assert np.median(r) < 0.9 and (r < 0.99).mean() > 0.6, np.median(r)
 
 
@@ -225,23 +228,25 @@ def _linear_stack(seed: int) -> onnx.ModelProto:
 
 
 def test_compensation_check_falls_back_when_udfc_is_worse():
-    """A model where unchecked UDFC is 2.5x worse than plain removal: the check keeps plain removal, says so in a
+    """A model where unchecked UDFC is 3.7x worse than plain removal (class KL; 2.6x in MSE): the check keeps plain
+    removal, says so in a
     note and in the report; on a model where UDFC helps it is kept."""
     from dfc.api import optimize_with_report
 
     common = dict(no_quant=True, prune=0.5, prune_scope="inner", criterion="l1-prebn", measure=False)
-    for seed, udfc_wins in ((2, False), (5, True)):
+    for seed, udfc_wins in ((12, False), (5, True)):
         model = _linear_stack(seed)
         model = calibrate_bn(model, _inputs(model, 256, 3))
         x = _inputs(model, 512, 4)
         ref = run(model, x)
-        err = lambda m: float(np.mean((run(m, x) - ref) ** 2))  # noqa: E731
+        err = lambda m: probe.error([ref], [run(m, x)])  # noqa: E731  (the check's own measure)
         unchecked = err(optimize(model, compensate="udfc", udfc_check=False, **common))
         plain = err(optimize(model, compensate="none", **common))
         checked_model, report = optimize_with_report(model, compensate="udfc", **common)
         assert (unchecked < plain) == udfc_wins, (seed, unchecked, plain)  # the situation this test is about
         comp = report["passes"]["prune"]["compensation"]
         assert comp["used"] == udfc_wins and comp["check"]["probe"] == "gaussian" and comp["check"]["samples"] == 256
-        assert err(checked_model) == pytest.approx(min(unchecked, plain), rel=1e-6)
+        # the check also ranks uniform/global: never worse than the better of the two, and better where a global ranking wins
+        assert err(checked_model) <= min(unchecked, plain) * (1 + 1e-6)
         fell_back = any("UDFC compensation did not reduce the output error" in n for n in report["notes"])
         assert fell_back == (not udfc_wins)

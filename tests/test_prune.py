@@ -168,7 +168,7 @@ def test_prebn_criterion_without_bn_statistics_says_it_falls_back():
 
 def test_real_resnet56_all_scope_half_channels(cifar_exact):
     m = onnx.load(shared_file("models/resnet56_cifar10.onnx"))
-    out, rep = prune(m, prune=0.5, prune_scope="all", criterion="l1-prebn", compensate="none")
+    out, rep = prune(m, prune=0.5, prune_scope="all", criterion="l1-prebn", compensate="none", prune_rank="uniform")
     assert rep["after"]["weight_params"] <= 0.3 * rep["before"]["weight_params"]
     widths = sorted(set(_channels(out).values()))
     assert widths == [8, 10, 16, 32]  # stage widths halved, logits kept
@@ -254,3 +254,20 @@ def test_note_when_pruned_channels_break_the_cpu_conv_blocks(monkeypatch, block)
     assert layers and len(notes) == 1 and f"{len(layers)} pruned Conv layer(s)" in notes[0] and f"of {block}" in notes[0]
     _, rep = optimize_with_report(str(DEMO_MODEL), no_quant=True, measure=False)
     assert not any("blocked conv kernels" in n for n in rep["notes"])
+
+
+def test_probe_error_is_the_class_kl_for_classifier_outputs_and_mse_otherwise():
+    from dfc.measure import probe
+    from dfc.measure.validation import softmax
+
+    rng = np.random.default_rng(0)
+    logits, other = rng.standard_normal((16, 10)), rng.standard_normal((16, 10))
+    assert probe.error([logits], [logits + 5.0]) == pytest.approx(0.0, abs=1e-12)  # a shift changes no class belief
+    p, q = softmax(logits), softmax(other)
+    kl = np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1))
+    assert probe.error([logits], [other]) == pytest.approx(kl, rel=1e-6)
+    assert probe.error([p], [q]) == pytest.approx(kl, rel=1e-6)  # a Softmax output: its rows are the distributions
+    boxes, moved = rng.standard_normal((1, 40, 4)), rng.standard_normal((1, 40, 4))
+    assert probe.error([boxes], [moved]) == pytest.approx(np.mean((boxes - moved) ** 2))
+    assert probe.error([logits, boxes], [other, moved]) == pytest.approx(kl + np.mean((boxes - moved) ** 2))
+    assert (probe.metric([logits]), probe.metric([boxes]), probe.metric([logits, boxes])) == ("KL", "MSE", "KL + MSE")

@@ -7,6 +7,7 @@ from conftest import DEMO, conv_bn_relu_cnn, rand, run
 from dfc import api
 from dfc.finetune.student import QuantizedTensor, Student
 from dfc.graph.modelio import check_model, load_model
+from dfc.measure import probe
 from dfc.pipeline import PassManager, context_from_model, get_pass
 from dfc.quant import quant_math as qm
 from dfc.quant import weight_rounding as wr
@@ -72,12 +73,13 @@ def test_quantize_rounds_low_bit_layers_from_their_inputs_keeps_the_closer_model
     assert {r["rounding"] for r in rows} == {kept}
     assert set(ctx.weight_latents) == ({r["node"] for r in rows} if kept == "gptq" else set())
     # the kept graph is the one closer to float on the calibration samples, as measured by the check
-    assert check["mse_" + kept] <= min(check["mse_gptq"], check["mse_nearest"])
-    np.testing.assert_allclose(np.mean((run(q, x) - ref) ** 2), check["mse_" + kept], rtol=1e-3)
+    assert check["error_" + kept] <= min(check["error_gptq"], check["error_nearest"])
+    assert check["metric"] == "KL"  # a classifier's [N, classes] output: the KL of its class distributions
+    np.testing.assert_allclose(probe.error([ref], [run(q, x)]), check["error_" + kept], rtol=1e-3)
     plain, ctx_n = _quantized(m, 3, "nearest", x)
     assert {r["rounding"] for r in ctx_n.results["quantize"]["layers"]} == {"nearest"}
     assert "rounding_check" not in ctx_n.results["quantize"] and not ctx_n.weight_latents
-    np.testing.assert_allclose(np.mean((run(plain, x) - ref) ** 2), check["mse_nearest"], rtol=1e-3)
+    np.testing.assert_allclose(probe.error([ref], [run(plain, x)]), check["error_nearest"], rtol=1e-3)
     _, ctx8 = _quantized(m, 8, "gptq", x)
     assert {r["rounding"] for r in ctx8.results["quantize"]["layers"]} == {"nearest"} and not ctx8.weight_latents
 

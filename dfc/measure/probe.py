@@ -2,8 +2,9 @@
 
 The probe is the run's BNS calibration samples when it has them (inputs whose activations follow the
 model's BN statistics), else Gaussian noise in the model's input space (`dfc.synth.sample_sources`): data-free
-either way. The error of a candidate graph is the mean squared difference of all its outputs from the
-reference outputs on the probe.
+either way. The error of a candidate graph against the reference outputs on the probe (`error`): the mean KL
+divergence of the class distributions for a classifier's [N, classes] output, the mean squared difference for any
+other output.
 """
 
 from __future__ import annotations
@@ -56,11 +57,41 @@ def outputs(graph: gs.Graph | onnx.ModelProto, x: np.ndarray) -> list[np.ndarray
     return run_batched(make_session(model), x)
 
 
-def mse(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    """Mean squared difference over every element of every output."""
-    diff = np.concatenate([(np.asarray(c, np.float64) - np.asarray(r, np.float64)).ravel()
-                           for r, c in zip(reference, candidate)])
-    return float(np.mean(diff ** 2)) if diff.size else 0.0
+def error(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """How far `candidate`'s outputs are from `reference`'s, summed over outputs: mean KL(ref ‖ candidate) of the
+    class distributions for an [N, classes] output (the rows themselves where they already are probabilities, else
+    their softmax), mean squared difference for any other. On logits the squared difference weighs every class alike,
+    the KL the classes the reference believes in: EfficientNet-Lite0, 20 % of the inner channels pruned, on 64 BNS
+    samples: MSE 1.13 with UDFC's mean compensation vs 1.47 plain, KL 1.31 vs 1.21, top-1 48.8 vs 62.6."""
+    return float(sum(_kl(r, c) if _classes(r) else _mse(r, c) for r, c in zip(reference, candidate)))
+
+
+def metric(reference: list[np.ndarray]) -> str:
+    """What `error` measures on these outputs: 'KL', 'MSE' or 'KL + MSE'."""
+    kinds = sorted({"KL" if _classes(r) else "MSE" for r in reference})
+    return " + ".join(kinds) or "MSE"
+
+
+def _classes(y: np.ndarray) -> bool:
+    from dfc.measure.validation import is_classifier_output
+
+    return is_classifier_output(np.asarray(y))
+
+
+def _mse(r: np.ndarray, c: np.ndarray) -> float:
+    d = np.asarray(c, np.float64) - np.asarray(r, np.float64)
+    return float(np.mean(d ** 2)) if d.size else 0.0
+
+
+def _kl(r: np.ndarray, c: np.ndarray) -> float:
+    from dfc.measure.validation import softmax
+
+    r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
+    if (r >= 0).all() and np.allclose(r.sum(1), 1.0, atol=1e-3):  # already probabilities (a Softmax output)
+        p, q = r / r.sum(1, keepdims=True), np.clip(c, 0, None) / np.clip(c, 0, None).sum(1, keepdims=True).clip(1e-12)
+    else:
+        p, q = softmax(r), softmax(c)
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
 
 
 def trial_context(ctx: Context) -> Context:

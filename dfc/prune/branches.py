@@ -9,7 +9,7 @@ layers leave the graph, so the latency saved is that of whole layers at their fu
 alignment to respect.
 
 The error is not predicted from weights: a branch's removal shifts the statistics every later layer was trained
-on, so `remove_toward` measures it, as the output MSE on the probe inputs of the graph without the branch.
+on, so `remove_toward` measures it, as the output error on the probe inputs of the graph without the branch (`probe.error`: KL for a classifier).
 """
 
 from __future__ import annotations
@@ -109,14 +109,14 @@ def remove_branch(graph: gs.Graph, branch: Branch, bn_stats) -> gs.Graph:
 def remove_toward(graph: gs.Graph, bn_stats, x: np.ndarray, ref: list[np.ndarray], branch_cost, predicted, aim: float,
                   desc: str | None = None) -> tuple[gs.Graph, dict]:
     """Greedy depth pruning toward a predicted target ratio: while `predicted(graph)` > `aim`, remove the branch
-    whose removal adds the least output error on the probe inputs `x` (MSE against the reference outputs `ref`,
+    whose removal adds the least output error on the probe inputs `x` (`probe.error` against the reference outputs `ref`,
     re-measured on the current graph after every removal) per unit of `branch_cost(branch)` saved.
-    Returns the graph and a report: candidates, the branches removed in order with the probe MSE after each, and
+    Returns the graph and a report: candidates, the branches removed in order with the probe error after each, and
     the prediction reached."""
     from dfc.measure import probe
     from dfc.progress import manual_bar
 
-    removed, err_now = [], probe.mse(ref, probe.outputs(graph, x))
+    removed, err_now = [], probe.error(ref, probe.outputs(graph, x))
     bar = manual_bar(desc, unit="branch")
     branches = residual_branches(graph, bn_stats)
     candidates, cost = len(branches), {}
@@ -127,13 +127,13 @@ def remove_toward(graph: gs.Graph, bn_stats, x: np.ndarray, ref: list[np.ndarray
             if b not in cost:  # a branch's layers are untouched by other removals: its cost is fixed
                 cost[b] = max(float(branch_cost(b)), 1e-12)
             trial = remove_branch(ir.import_graph(base), b, dict(bn_stats))
-            err = probe.mse(ref, probe.outputs(trial, x))
+            err = probe.error(ref, probe.outputs(trial, x))
             score = (err - err_now) / cost[b]
             if best is None or score < best[0]:
                 best = (score, err, b)
         _, err_now, b = best
         graph = remove_branch(graph, b, bn_stats)
-        removed.append({"add": b.add, "layers": list(b.layers), "probe_mse": float(err_now)})
+        removed.append({"add": b.add, "layers": list(b.layers), "probe_error": float(err_now)})
         bar.update(1)
         branches = residual_branches(graph, bn_stats)
     bar.close()
