@@ -70,6 +70,12 @@ class Quantize(Pass):
         """Quantize; with `float_layers="auto"` (the default) the layers that stay float are chosen by measuring ORT
         latency over the candidates of `dfc.quant.float_layers` (only where the graph gives more than one), at any
         width: narrower widths run on the same 8-bit kernels (`qdq.insert_qdq`)."""
+        out = self._choose(graph, ctx)
+        if ctx.results.get("quantize", {}).get("layers"):  # some layer quantized (not all left float by measurement)
+            self._announce(ctx)
+        return out
+
+    def _choose(self, graph: gs.Graph, ctx: Context) -> gs.Graph:
         self._ranges_cache: dict = {}
         self._means_cache: dict = {}
         chosen = self.options["float_layers"]
@@ -92,6 +98,19 @@ class Quantize(Pass):
             ctx.results["quantize"] = {**results[name], "float_layers": measured}
             return built[name]
         return self._quantize(graph, ctx, tuple(chosen))
+
+    def _announce(self, ctx: Context) -> None:
+        """The written graph is quantized: its metadata, and the note that narrow widths are simulation."""
+        o = self.options
+        ctx.metadata["dfc.quantization"] = json.dumps(
+            {k: o[k] for k in ("wbits", "abits", "first_last_bits", "calibrator")} | {"calib": self._calib_name(ctx)}
+        )
+        if ctx.results.get("quantize", {}).get("simulated_in_8bit"):
+            ctx.note(
+                f"W{o['wbits']}A{o['abits']} (first/last {o['first_last_bits']}-bit) is accuracy simulation: "
+                "values use the narrower range inside 8-bit storage and ORT runs its 8-bit kernels (no size or "
+                "speed gain over W8A8)"
+            )
 
     def _quantize(self, graph: gs.Graph, ctx: Context, kept_float) -> gs.Graph:
         o = self.options
@@ -197,15 +216,6 @@ class Quantize(Pass):
     def _record(self, ctx, x, built: dict, check: dict | None) -> None:
         o, act_bits, fused = self.options, built["act_bits"], built["fused"]
         simulated = any(b < 8 for b in (o["wbits"], o["abits"], o["first_last_bits"]))
-        ctx.metadata["dfc.quantization"] = json.dumps(
-            {k: o[k] for k in ("wbits", "abits", "first_last_bits", "calibrator")} | {"calib": self._calib_name(ctx)}
-        )
-        if simulated:
-            ctx.note(
-                f"W{o['wbits']}A{o['abits']} (first/last {o['first_last_bits']}-bit) is accuracy simulation: "
-                "values use the narrower range inside 8-bit storage and ORT runs its 8-bit kernels (no size or "
-                "speed gain over W8A8)"
-            )
         ctx.results["quantize"] = {
             "wbits": o["wbits"],
             "abits": o["abits"],

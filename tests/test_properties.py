@@ -181,7 +181,10 @@ def test_quantize_gives_a_valid_model(model, wbits, abits, ratio):
     q, report = optimize_with_report(model, wbits=wbits, abits=abits, first_last_bits=8, prune=ratio, calib="gaussian",
                                      calib_samples=16, measure=False)
     if not any(n.op_type == "DequantizeLinear" for n in q.graph.node):  # only where ORT measured every candidate slower
-        assert report["passes"]["quantize"]["left_in_float"] and any("written in float" in n for n in report["notes"])
+        assert report["passes"]["quantize"]["left_in_float"]
+        assert any("written in float" in n or "left float" in n and "by measurement" in n for n in report["notes"])
+        assert not any("accuracy simulation" in n for n in report["notes"])
+        assert "dfc.quantization" not in {p.key for p in q.metadata_props}
     y = run(q, _inputs(model, 4, 2))
     assert np.isfinite(y).all()
 
