@@ -223,10 +223,14 @@ class _ChannelCount:
 
 
 def merge_stats(a: dict, b: dict) -> dict:
-    """The counts of two rounds of the schedule added; the compensation layers of both listed."""
+    """The counts of two rounds of the schedule added (a round that continues from an earlier one's result); the
+    compensation layers and the residual branches removed by both listed."""
     out = dict(a)
     for key in ("groups_removed", "pairs_merged", "steps"):
         out[key] = a.get(key, 0) + b.get(key, 0)
+    if "removed" in a or "removed" in b:  # the depth stage's rounds
+        out["branches_removed"] = a.get("branches_removed", 0) + b.get("branches_removed", 0)
+        out["removed"] = list(a.get("removed", [])) + list(b.get("removed", []))
     if "compensation" in a and "compensation" in b:
         out["compensation"] = {**a["compensation"], "layers": a["compensation"]["layers"] + b["compensation"]["layers"]}
     return out
