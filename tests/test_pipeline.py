@@ -50,6 +50,25 @@ def test_custom_pipeline_and_bn_stats_roundtrip_through_metadata():
     assert ctx.notes == []  # no "statistics not found" fallback
 
 
+def test_bn_stats_metadata_is_exact_compact_and_reads_the_older_list_form():
+    import json
+
+    from dfc.graph.bn_stats import BNStats
+
+    rng = np.random.default_rng(0)
+    a = lambda: rng.standard_normal(64).astype(np.float32)  # noqa: E731
+    store = BNStatsStore(t=BNStats(a(), np.abs(a()), a(), a(), 1e-3, "bn"))
+    text = store.to_metadata()
+    back = BNStatsStore.from_metadata(text)["t"]
+    for k in ("mean", "var", "gamma", "beta"):
+        assert np.array_equal(getattr(back, k), getattr(store["t"], k))  # bit-exact float32
+    older = json.dumps({"t": {k: getattr(store["t"], k).tolist() for k in ("mean", "var", "gamma", "beta")}
+                        | {"eps": 1e-3, "source": "bn"}})
+    assert len(text) < 0.4 * len(older)
+    old = BNStatsStore.from_metadata(older)["t"]  # a model written by an earlier dfc version
+    assert np.array_equal(old.var, store["t"].var) and old.eps == 1e-3 and old.source == "bn"
+
+
 def _init(m, name):
     from onnx import numpy_helper
 

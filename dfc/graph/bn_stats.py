@@ -9,6 +9,7 @@ of the tensor that now carries y, and the store is written into the output model
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 
@@ -45,19 +46,29 @@ class BNStats:
         return BNStats(self.mean[keep], self.var[keep], self.gamma[keep], self.beta[keep], self.eps, self.source)
 
     def to_json(self) -> dict:
-        return {
-            "mean": self.mean.astype(np.float32).tolist(),
-            "var": self.var.astype(np.float32).tolist(),
-            "gamma": self.gamma.astype(np.float32).tolist(),
-            "beta": self.beta.astype(np.float32).tolist(),
-            "eps": float(self.eps),
-            "source": self.source,
-        }
+        """Each array as base64 of its little-endian float32 bytes: exact, and about a quarter of the decimal list's
+        size (PP-OCR's statistics: 172 kB of JSON lists, a third of its float weights' size)."""
+        out = {k: _pack(getattr(self, k)) for k in ARRAYS}
+        return {**out, "eps": float(self.eps), "source": self.source}
 
     @staticmethod
     def from_json(d: dict) -> "BNStats":
-        arr = lambda k: np.asarray(d[k], dtype=np.float32)  # noqa: E731
+        """Reads both forms: base64 float32 (this version) and decimal lists (models written before it)."""
+        arr = lambda k: _unpack(d[k])  # noqa: E731
         return BNStats(arr("mean"), arr("var"), arr("gamma"), arr("beta"), float(d["eps"]), d.get("source", ""))
+
+
+ARRAYS = ("mean", "var", "gamma", "beta")
+
+
+def _pack(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unpack(v) -> np.ndarray:
+    if isinstance(v, str):
+        return np.frombuffer(base64.b64decode(v), dtype="<f4").astype(np.float32)
+    return np.asarray(v, dtype=np.float32)
 
 
 class BNStatsStore(dict):
