@@ -84,14 +84,14 @@ def _mse(r: np.ndarray, c: np.ndarray) -> float:
 
 
 def _kl(r: np.ndarray, c: np.ndarray) -> float:
-    from dfc.measure.validation import softmax
+    from dfc.measure.validation import row_kl, softmax
 
     r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
     if (r >= 0).all() and np.allclose(r.sum(1), 1.0, atol=1e-3):  # already probabilities (a Softmax output)
         p, q = r / r.sum(1, keepdims=True), np.clip(c, 0, None) / np.clip(c, 0, None).sum(1, keepdims=True).clip(1e-12)
     else:
         p, q = softmax(r), softmax(c)
-    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+    return float(np.mean(row_kl(p, q)))
 
 
 def trial_context(ctx: Context) -> Context:

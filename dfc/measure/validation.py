@@ -100,10 +100,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def row_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) of each row of two [N, classes] probability arrays."""
+    return np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
+
+
 def fidelity(reference: np.ndarray, logits: np.ndarray) -> dict:
     """Agreement, mean KL(ref ‖ model) and max |Δ logit| between two logit arrays."""
-    p, q = softmax(reference.astype(np.float64)), softmax(logits.astype(np.float64))
-    kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
+    kl = row_kl(softmax(reference.astype(np.float64)), softmax(logits.astype(np.float64)))
     return {
         "agreement": float(np.mean(reference.argmax(1) == logits.argmax(1))),
         "mean_kl": float(np.mean(kl)),
