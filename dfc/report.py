@@ -74,6 +74,13 @@ def summary_table(report: dict) -> str:
     return "\n".join(out)
 
 
+def _round_verdict(r: dict) -> str:
+    """A search round's verdict, whether a centring round followed it and whether its graph is the one written."""
+    return ", ".join([r.get("verdict", "")] + (["then centring"] if r.get("then") else [])
+                     + ([f"timed while other processes held {r['busy_cores']:g} cores"] if r.get("busy_cores") else [])
+                     + (["kept"] if r.get("kept") else []))
+
+
 def _target_lines(report: dict) -> list[str]:
     """The --target-* search: the target, the output's value, and each round (aim, predicted, measured)."""
     t, searched = report.get("target"), report.get("passes", {}).get("prune", {}).get("target")
@@ -81,11 +88,13 @@ def _target_lines(report: dict) -> list[str]:
         return []
     verdict = "MISSED" if not t["met"] else "landed" if t.get("landed", True) else "met, below the band"
     final = "not measured" if t["final"] is None else f"{t['final']:.3f}x ({verdict})"
+    if t.get("final_median") is not None:
+        final += f" by the fastest runs, {t['final_median']:.3f}x by medians"
     band = t.get("band") or [t["ratio"], t["ratio"]]
     line = f"target {t['kind']} <= {t['ratio']:g}x (band {band[0]:.3g}-{band[1]:g}x): output {final}"
     if searched:
         rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g} "
-                           f"({r.get('verdict', '')}), {r.get('groups_removed', 0)} channels" for r in searched["search"]) \
+                           f"({_round_verdict(r)}), {r.get('groups_removed', 0)} channels" for r in searched["search"]) \
             or "landed by the residual branches removed (depth rounds below), no channel pruned"
         err = searched.get("prediction_error")
         line += (f"; search ({searched['cost_model']}, channel multiple {report['passes']['prune'].get('multiple')}"
@@ -94,7 +103,7 @@ def _target_lines(report: dict) -> list[str]:
     if depth is None:
         return [line]
     rounds = "; ".join(f"aim {r['aim']:.3g}, predicted {r['predicted']:.3g}, measured {r['measured']:.3g} "
-                       f"({r.get('verdict', '')}), {r.get('branches_removed', 0)} branches from {r.get('from', 'start')}"
+                       f"({_round_verdict(r)}), {r.get('branches_removed', 0)} branches from {r.get('from', 'start')}"
                        for r in depth["rounds"])
     if depth.get("skipped"):
         return [line, f"depth: skipped ({depth['skipped']})"]

@@ -64,3 +64,36 @@ def test_merged_rounds_list_every_branch_removed():
     assert first["removed"] == [{"add": "a"}, {"add": "b"}]  # the earlier round's own record is untouched
     channels = merge_stats({"groups_removed": 4, "steps": 1}, {"groups_removed": 2, "steps": 1})
     assert channels["groups_removed"] == 6 and "removed" not in channels
+
+
+def test_a_landing_far_below_the_middle_is_centred_once_and_the_nearer_result_kept():
+    """Timing: a result at the band's floor gets one round that gives back toward the middle (ResNet-56 0.3: 0.271
+    in the search, 0.259 measured again later); size: toward the goal itself."""
+    land = Landing(0.3)
+    land.next_aim(0.29, predicted=0.29, measured=0.302, margin=0.0)  # slow at aim 0.29
+    aim = land.centring_aim(0.27, measured=0.271, margin=0.003, exact=False)
+    assert aim is not None and 0.27 < aim < 0.29
+    assert land.centring_aim(0.27, measured=0.28, margin=0.003, exact=False) is None  # near the middle already
+    assert land.better((0.283, 0.003), (0.271, 0.003), exact=False)
+    assert not land.better((0.299, 0.003), (0.283, 0.003), exact=False)
+    size = Landing(0.25)
+    assert size.centring_aim(0.24, measured=0.244, margin=0.0, exact=True) is None  # within a quarter band of 0.25
+    assert size.centring_aim(0.22, measured=0.229, margin=0.0, exact=True) > 0.22
+    assert size.better((0.249, 0.0), (0.235, 0.0), exact=True)
+    land.slow.append(0.2705)  # no aim left between the landed aim and the tightest slow one
+    assert land.centring_aim(0.27, measured=0.271, margin=0.0, exact=False) is None
+
+
+def test_a_centring_round_that_rebuilds_the_landed_graph_counts_as_a_second_timing():
+    import onnx
+
+    from dfc.prune.target_search import AGAIN, _State, _measured_again, _same_graph
+
+    model = onnx.ModelProto()
+    land = Landing(0.3)
+    landed = _State(model, None, aim=0.25, predicted=0.24, measured=0.266, margin=0.003, verdict=LANDED)
+    again = _State(model, None, aim=0.26, predicted=0.24, measured=0.278, margin=0.004, verdict=LANDED)
+    assert _same_graph(landed, again)
+    _measured_again(landed, again, land)
+    assert landed.measured == pytest.approx(0.272) and landed.margin == pytest.approx(0.006)
+    assert landed.verdict == LANDED and again.verdict == AGAIN

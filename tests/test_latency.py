@@ -32,3 +32,40 @@ def test_ratio_margin_is_zero_for_steady_ratios_and_grows_with_noise():
     noisy = latency.ratio_margin([0.4, 0.6] * 5, ref)
     assert abs(noisy - 1.2533 * 0.1 / np.sqrt(10)) < 1e-12
     assert latency.ratio_margin([], []) == 0.0
+
+
+def test_fastest_ratio_ignores_interference_and_reports_the_spread_between_blocks():
+    """Interference only adds time: a burst that slows some rounds moves the median ratio, not the ratio of the
+    fastest runs; the margin comes from blocks of consecutive rounds."""
+    ref = [1.0] * 20
+    burst = [0.3] * 10 + [0.45] * 10  # the pruned model's later rounds disturbed (a second process woke up)
+    ratio, margin = latency.fastest_ratio(burst, ref)
+    assert ratio == 0.3 and margin > 0.0
+    steady, zero = latency.fastest_ratio([0.3] * 20, ref)
+    assert steady == 0.3 and zero == 0.0
+    assert latency.fastest_ratio([0.3] * 4, [1.0] * 4)[1] == 0.0  # too few rounds for blocks
+
+
+def test_a_timing_while_other_processes_hold_the_cores_is_taken_again(monkeypatch):
+    """The target search's check (TargetMeter.measured_ratio): a timing with another process busy is retried after a
+    pause and the least disturbed one counts; the cores held are reported."""
+    from dfc.prune import target_meter
+
+    calls = []
+
+    def fake_median_latencies(models, x, threads=2, rounds=20, samples=None, load=None, **_):
+        busy = [1.0, 0.05][len(calls)] if len(calls) < 2 else 0.0
+        calls.append(busy)
+        ratio = 0.8 if busy > 0.5 else 0.5  # a busy core distorts the small model's time
+        samples.update({"original": [1.0] * rounds, "pruned": [ratio] * rounds})
+        load["other_cores"] = busy
+        return {"original": 1.0, "pruned": ratio}, len(x)
+
+    monkeypatch.setattr(latency, "median_latencies", fake_median_latencies)
+    monkeypatch.setattr(target_meter, "RETRY_WAITS_S", (0.0, 0.0, None))
+    meter = object.__new__(target_meter.TargetMeter)
+    meter.kind, meter.original, meter.x, meter.threads, meter.rounds = "latency", None, [0.0], 2, 20
+    meter.variant = lambda graph: None
+    assert meter.measured_ratio(None) == 0.5 and calls == [1.0, 0.05] and meter.busy == 0.05
+    assert latency.other_cores((10.0, 1.0, 0.0), (12.0, 1.5, 1.0)) == 1.5  # 2 s busy, 0.5 s ours, over 1 s
+    assert latency.other_cores(None, (1.0, 1.0, 1.0)) is None

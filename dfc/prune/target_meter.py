@@ -10,12 +10,15 @@ Target kinds, each a ratio against the model as it entered the prune pass (the o
   of activation, fitted so that the unpruned graph's layers add up to its measured time T_v(g0) in the variant that
   will be shipped: float, or QDQ when quantizing), plus the time of the ops no layer accounts for when the layers add
   up to less than that (EfficientNet-Lite0: Pads, Clips, Adds), held fixed; checked by timing the pruned graph against the original,
-  alternating. The QDQ variant used for the check and the reference
+  alternating, as the ratio of their fastest runs (`dfc.measure.latency.fastest_ratio`: a busy core moves medians by
+  10-30 % between runs, minima by 1-3 %), taken again after a pause while other processes hold the cores. The QDQ variant used for the check and the reference
   is quantized with throw-away ranges (Gaussian min/max): its ops, and so its kernels and time, are those of the final
   model, its accuracy is irrelevant.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import onnx
@@ -27,6 +30,10 @@ from dfc.prune.layer_cost import BytesCost, LatencyCost, MacsCost
 from dfc.pipeline import Context
 
 KINDS = ("latency", "size", "macs")
+# a timing during which other processes kept more than this many cores busy is taken again after a pause (2 cores,
+# one kept busy: ResNet-56 pruned to 7 branches measured 0.78× where it runs at 0.55×); the least busy one counts
+BUSY_CORES = 0.25
+RETRY_WAITS_S = (2.0, 5.0, None)
 
 
 class TargetMeter:
@@ -35,7 +42,8 @@ class TargetMeter:
     def __init__(self, graph: gs.Graph, kind: str, ctx: Context, bits: dict[str, int] | None, quant: dict | None,
                  batch: int = 64, threads: int = 2, rounds: int = 20):
         self.kind, self.ctx, self.bits, self.quant = kind, ctx, bits, quant
-        self.margin = 0.0  # the last measurement's uncertainty (latency: the standard error of the median ratio)
+        self.margin = 0.0  # the last measurement's uncertainty (latency: `fastest_ratio`'s margin)
+        self.busy = 0.0  # cores other processes held during the last timing (`dfc.measure.latency.other_cores`)
         self.batch, self.threads, self.rounds = batch, threads, rounds
         self.original = ir.export_model(graph)
         self.cost = {"macs": MacsCost(), "size": BytesCost(),
@@ -71,12 +79,22 @@ class TargetMeter:
             return self.layer_total(graph) / self.reference
         if self.kind == "size":
             return float(self._shipped(self.variant(graph), ctx or self.ctx).ByteSize()) / self.reference
-        rounds: dict = {}
-        med = self._time({"original": self.original, "pruned": self.variant(graph)}, rounds)
-        from dfc.measure.latency import ratio_margin
+        from dfc.measure.latency import fastest_ratio
 
-        self.margin = ratio_margin(rounds["pruned"], rounds["original"])
-        return med["pruned"] / med["original"]
+        models = {"original": self.original, "pruned": self.variant(graph)}
+        best = None
+        for wait in RETRY_WAITS_S:  # a timing while other processes hold the cores is retried after a pause
+            rounds: dict = {}
+            load: dict = {}
+            self._time(models, rounds, load)
+            busy = load.get("other_cores") or 0.0
+            if best is None or busy < best[0]:
+                best = (busy, *fastest_ratio(rounds["pruned"], rounds["original"]))
+            if busy <= BUSY_CORES or wait is None:
+                break
+            time.sleep(wait)
+        self.busy, ratio, self.margin = best
+        return ratio
 
     def variant(self, graph: gs.Graph) -> onnx.ModelProto:
         """`graph` as it will be shipped: float, or quantized (QDQ) with throw-away Gaussian min/max ranges."""
@@ -104,10 +122,11 @@ class TargetMeter:
             out.metadata_props.add(key=k, value=v)
         return out
 
-    def _time(self, models: dict, samples: dict | None = None) -> dict:
+    def _time(self, models: dict, samples: dict | None = None, load: dict | None = None) -> dict:
         from dfc.measure.latency import median_latencies
 
-        return median_latencies(models, self.x, threads=self.threads, rounds=self.rounds, samples=samples)[0]
+        return median_latencies(models, self.x, threads=self.threads, rounds=self.rounds, samples=samples,
+                                load=load)[0]
 
 
 class ChainedLatency:

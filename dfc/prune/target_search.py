@@ -19,9 +19,10 @@ from dfc.compensate.compensation import round_sig
 from dfc.pipeline import Context
 from dfc.prune.schedule import merge_stats
 from dfc.prune.landing import BAND, FAST, LANDED, SLOW, Landing
-from dfc.prune.target_meter import TargetMeter
+from dfc.prune.target_meter import BUSY_CORES, TargetMeter
 
 SEARCH_ROUNDS = 6
+AGAIN = "same graph, averaged into the round before"
 UNIFORM_MAX = 0.95  # the largest uniform ratio a target search tries
 PROBE_SAMPLES, PROBE_SALT = 256, 3
 DEPTH_PROBE_SAMPLES = 64  # per candidate branch and removal: one ORT run each
@@ -49,16 +50,19 @@ class TargetSearch:
         SEARCH_ROUNDS. A round that must remove more continues from the most-pruned result still above the goal, one
         that must remove less restarts from it (or from the start), so what an overshoot removed is given back.
         `run_round(graph, ctx, aim, first)` prunes toward `aim` and returns (graph, stats, predicted, exhausted);
-        `first` holds what only the first round may use (an analysis of `graph`). Without a landing, the result kept
-        is `fallback`'s: "closest" (the largest measurement at or below the goal, else the smallest) or "slow" (the
-        most-pruned result above the goal, else the start: a later stage finishes the search).
+        `first` holds what only the first round may use (an analysis of `graph`). A landed result far below where it
+        settles best gets one centring round (`Landing.centring_aim`); the landed result nearer that point is kept.
+        Without a landing, the result kept is `fallback`'s: "closest" (the largest measurement at or below the goal,
+        else the smallest) or "slow" (the most-pruned result above the goal, else the start: a later stage finishes
+        the search).
         Returns the graph, the rounds for the report and the kept state (its context to adopt)."""
         kind = meter.kind
         land = Landing(float(self.options["target"][1]))
         start = _State(ir.export_model(graph), _fresh(ctx))
         states: list[_State] = []
         aim = land.first_aim(exact=kind == "macs")
-        report = []
+        exact = kind != "latency"  # size and MACs measure the same on every run
+        report, centring = [], False
         for rnd in range(SEARCH_ROUNDS):
             base = min((s for s in states if s.verdict == SLOW and s.aim > aim), key=lambda s: s.aim, default=start)
             tctx = _fresh(base.ctx)
@@ -67,20 +71,36 @@ class TargetSearch:
             measured = meter.measured_ratio(g, tctx)
             st = _State(ir.export_model(g), tctx, stats if base.stats is None else merge_stats(base.stats, stats), aim,
                         predicted, measured, meter.margin, land.verdict(measured, meter.margin))
+            if centring and _same_graph(st, states[-1]):  # the centring round gave nothing back: a second timing
+                st = _measured_again(states[-1], st, land)
+                prev = states[-1]
+                report[-1].update(measured=round_sig(prev.measured), margin=round_sig(prev.margin), verdict=prev.verdict)
             states.append(st)
             report.append({"aim": round_sig(aim), "predicted": round_sig(predicted), "measured": round_sig(measured),
                            "margin": round_sig(meter.margin), "verdict": st.verdict,
                            "from": "start" if base is start else f"round {states.index(base) + 1}",
+                           **({"busy_cores": round(meter.busy, 2)} if kind == "latency" and meter.busy > BUSY_CORES else {}),
                            **{k: v for k, v in (stats or {}).items() if k in ("groups_removed", "steps", "branches_removed")}})
-            if st.verdict == LANDED or (st.verdict == SLOW and exhausted) or not _removed(stats) and (
-                    base is not start or st.verdict == FAST):
-                # landed; nothing left to remove; or no removal between the last too-slow result and the aim (the
-                # graph is that result again: no finer step exists, e.g. between whole branches)
+            if st.verdict == LANDED and not centring and rnd + 1 < SEARCH_ROUNDS:
+                nearer = land.centring_aim(aim, measured, meter.margin, exact)
+                if nearer is not None:  # landed far below where it settles best: one round gives back toward it
+                    aim, centring = nearer, True
+                    report[-1]["then"] = "centring"
+                    continue
+            if (st.verdict == LANDED or centring or (st.verdict == SLOW and exhausted)
+                    or not _removed(stats) and (base is not start or st.verdict == FAST)):
+                # landed (or centred); nothing left to remove; or no removal between the last too-slow result and
+                # the aim (the graph is that result again: no finer step exists, e.g. between whole branches)
                 break
             aim = land.next_aim(aim, predicted, measured, meter.margin)
             if land.converged():
                 break
-        kept = _kept(states, start, land, fallback)
+        kept = _kept(states, start, land, fallback, exact)
+        for st, row in zip(states, report):
+            row["kept"] = st is kept
+            if st is kept and row.get("busy_cores"):
+                ctx.note(f"prune: the kept result was timed while other processes held {row['busy_cores']:g} cores "
+                         "(after two pauses): its latency ratio is uncertain; run again on a quiet machine")
         return ir.import_graph(kept.model), report, kept
 
     def _remove_branches(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
@@ -248,15 +268,34 @@ def _fresh(ctx: Context) -> Context:
     return t
 
 
+def _same_graph(a: _State, b: _State) -> bool:
+    return a.predicted == b.predicted and a.model.graph == b.model.graph
+
+
+def _measured_again(landed: _State, again: _State, land: Landing) -> _State:
+    """A centring round that rebuilt the landed graph: the two timings averaged into the landed state (their
+    difference is the between-run noise, kept as its margin when larger); the round itself is not a candidate."""
+    first = landed.measured
+    landed.measured = (first + again.measured) / 2
+    landed.margin = max(landed.margin, again.margin, abs(again.measured - first) / 2)
+    landed.verdict = land.verdict(landed.measured, landed.margin)
+    again.verdict = AGAIN
+    return again
+
+
 def _removed(stats: dict | None) -> bool:
     return bool(stats) and bool(stats.get("groups_removed") or stats.get("branches_removed"))
 
 
-def _kept(states: list[_State], start: _State, land: Landing, fallback: str) -> _State:
-    """The landed state, else the fallback's choice (`TargetSearch._land`)."""
+def _kept(states: list[_State], start: _State, land: Landing, fallback: str, exact: bool) -> _State:
+    """The landed state nearest where it settles best (`Landing.better`), else the fallback's choice
+    (`TargetSearch._land`)."""
     landed = [s for s in states if s.verdict == LANDED]
     if landed:
-        return landed[-1]
+        best = landed[0]
+        for s in landed[1:]:
+            best = s if land.better((s.measured, s.margin), (best.measured, best.margin), exact) else best
+        return best
     slow = [s for s in states if s.verdict == SLOW]
     if fallback == "slow":
         return min(slow, key=lambda s: s.measured, default=start)
