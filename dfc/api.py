@@ -90,7 +90,7 @@ def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dic
     o = resolve(options)
     original = as_model(model_or_path)
     ctx = _context(original, o)
-    ctx.original_bytes = original.ByteSize()
+    ctx.original_bytes, ctx.original = original.ByteSize(), original
     if o["calib_data"] is not None:  # the probe of the pruning checks too, as synthesized samples would be
         ctx.calibration, ctx.calibration_source = np.asarray(o["calib_data"], np.float32), "user data"
     check_save_calib(o, ctx, original)

@@ -69,6 +69,7 @@ class Context:
     snapshots: dict[str, onnx.ModelProto] = field(default_factory=dict)  # graphs kept by the `snapshot` pass
     weight_latents: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> float weights its codes round
     original_bytes: int | None = None  # serialized size of the user's model (the reference of --target-size)
+    original: onnx.ModelProto | None = None  # the user's model as given (the reference of --target-latency)
     logger: logging.Logger = field(default_factory=lambda: log)
 
     def note(self, text: str) -> None:

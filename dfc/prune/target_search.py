@@ -80,6 +80,7 @@ class TargetSearch:
                            "margin": round_sig(meter.margin), "verdict": st.verdict,
                            "from": "start" if base is start else f"round {states.index(base) + 1}",
                            **({"busy_cores": round(meter.busy, 2)} if kind == "latency" and meter.busy > BUSY_CORES else {}),
+                           **({"timed_as": "float"} if kind == "latency" and meter.form == "float" else {}),
                            **{k: v for k, v in (stats or {}).items() if k in ("groups_removed", "steps", "branches_removed")}})
             if st.verdict == LANDED and not centring and rnd + 1 < SEARCH_ROUNDS:
                 nearer = land.centring_aim(aim, measured, meter.margin, exact)
@@ -154,7 +155,7 @@ class TargetSearch:
             return None
         if self._meter is None:
             self._meter = TargetMeter(ir.infer_shapes(graph), o["target"][0], ctx, self._bit_plan(graph), o["quant"],
-                                      batch=int(o["latency_batch"]), threads=int(o["threads"]))
+                                      batch=ctx.fixed_batch or int(o["latency_batch"]), threads=int(o["threads"]))
         return self._meter
 
     def _bit_plan(self, graph: gs.Graph) -> dict | None:
