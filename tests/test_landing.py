@@ -97,3 +97,12 @@ def test_a_centring_round_that_rebuilds_the_landed_graph_counts_as_a_second_timi
     _measured_again(landed, again, land)
     assert landed.measured == pytest.approx(0.272) and landed.margin == pytest.approx(0.006)
     assert landed.verdict == LANDED and again.verdict == AGAIN
+
+
+def test_centring_gives_back_at_least_the_last_removal():
+    """Coarse steps (whole branches): the ratio correction alone can stay below the prediction of the graph with one
+    removal fewer, which rebuilds the same graph; the aim is raised to that prediction."""
+    land = Landing(0.4)
+    ratio_only = land.centring_aim(0.38, measured=0.353, margin=0.01, exact=False)
+    assert ratio_only < 0.42
+    assert land.centring_aim(0.38, measured=0.353, margin=0.01, exact=False, give_back=0.42) > 0.42

@@ -111,8 +111,8 @@ def remove_toward(graph: gs.Graph, bn_stats, x: np.ndarray, ref: list[np.ndarray
     """Greedy depth pruning toward a predicted target ratio: while `predicted(graph)` > `aim`, remove the branch
     whose removal adds the least output error on the probe inputs `x` (`probe.error` against the reference outputs `ref`,
     re-measured on the current graph after every removal) per unit of `branch_cost(branch)` saved.
-    Returns the graph and a report: candidates, the branches removed in order with the probe error after each, and
-    the prediction reached."""
+    Returns the graph and a report: candidates, the branches removed in order with the probe error after each and
+    the prediction before it, and the prediction reached."""
     from dfc.measure import probe
     from dfc.progress import manual_bar
 
@@ -120,7 +120,7 @@ def remove_toward(graph: gs.Graph, bn_stats, x: np.ndarray, ref: list[np.ndarray
     bar = manual_bar(desc, unit="branch")
     branches = residual_branches(graph, bn_stats)
     candidates, cost = len(branches), {}
-    while branches and predicted(graph) > aim:
+    while branches and (now := predicted(graph)) > aim:
         base = ir.export_model(graph)
         best = None
         for b in branches:
@@ -133,7 +133,8 @@ def remove_toward(graph: gs.Graph, bn_stats, x: np.ndarray, ref: list[np.ndarray
                 best = (score, err, b)
         _, err_now, b = best
         graph = remove_branch(graph, b, bn_stats)
-        removed.append({"add": b.add, "layers": list(b.layers), "probe_error": float(err_now)})
+        removed.append({"add": b.add, "layers": list(b.layers), "probe_error": float(err_now),
+                        "predicted_before": float(now)})
         bar.update(1)
         branches = residual_branches(graph, bn_stats)
     bar.close()

@@ -65,15 +65,18 @@ class Landing:
         """Where a landed result is best: the goal for an exact measurement, else the band's middle less the margin."""
         return self.goal if exact else self.point(margin)
 
-    def centring_aim(self, aim: float, measured: float, margin: float, exact: bool) -> float | None:
+    def centring_aim(self, aim: float, measured: float, margin: float, exact: bool,
+                     give_back: float | None = None) -> float | None:
         """A looser aim for a landed result that lies more than a quarter of the band below `settle` (None when it
         is near enough, or no aim is left between `aim` and the tightest slow aim): the miss corrected as a ratio,
-        kept inside that bracket (else its midpoint)."""
+        at least `give_back` (the prediction of the graph one removal before the landed one, so that the round gives
+        at least that removal back: EfficientNet-Lite0's branches are 0.04× apart, wider than the correction), kept
+        inside that bracket (else its midpoint)."""
         target = self.settle(margin, exact)
         hi = min(self.slow, default=math.inf)
         if measured >= target - (1.0 - BAND) / 4 * self.goal or hi - aim < 1e-3:
             return None
-        new = aim * target / max(measured, 1e-12)
+        new = max(aim * target / max(measured, 1e-12), (give_back or 0.0) * (1 + 1e-6))
         return new if aim < new < hi else (aim + hi) / 2
 
     def better(self, a: tuple[float, float], b: tuple[float, float], exact: bool) -> bool:

@@ -83,7 +83,8 @@ class TargetSearch:
                            **({"timed_as": "float"} if kind == "latency" and meter.form == "float" else {}),
                            **{k: v for k, v in (stats or {}).items() if k in ("groups_removed", "steps", "branches_removed")}})
             if st.verdict == LANDED and not centring and rnd + 1 < SEARCH_ROUNDS:
-                nearer = land.centring_aim(aim, measured, meter.margin, exact)
+                last = (stats or {}).get("removed") or [{}]  # depth rounds: the prediction before the last removal
+                nearer = land.centring_aim(aim, measured, meter.margin, exact, last[-1].get("predicted_before"))
                 if nearer is not None:  # landed far below where it settles best: one round gives back toward it
                     aim, centring = nearer, True
                     report[-1]["then"] = "centring"
