@@ -78,7 +78,6 @@ def _round_verdict(r: dict) -> str:
     """A search round's verdict, whether a centring round followed it and whether its graph is the one written."""
     return ", ".join([r.get("verdict", "")] + (["then centring"] if r.get("then") else [])
                      + ([f"timed while other processes held {r['busy_cores']:g} cores"] if r.get("busy_cores") else [])
-                     + (["faster in float than in int8"] if r.get("timed_as") == "float" else [])
                      + (["kept"] if r.get("kept") else []))
 
 

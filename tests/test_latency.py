@@ -64,30 +64,9 @@ def test_a_timing_while_other_processes_hold_the_cores_is_taken_again(monkeypatc
     monkeypatch.setattr(latency, "median_latencies", fake_median_latencies)
     monkeypatch.setattr(target_meter, "RETRY_WAITS_S", (0.0, 0.0, None))
     meter = object.__new__(target_meter.TargetMeter)
-    meter.kind, meter.original, meter.x, meter.threads, meter.rounds, meter.quant = "latency", None, [0.0], 2, 20, None
+    meter.kind, meter.original, meter.x, meter.threads, meter.rounds = "latency", None, [0.0], 2, 20
     meter.variant, meter.timed_original = (lambda graph: None), None
     assert meter.measured_ratio(None) == 0.5 and calls == [1.0, 0.05] and meter.busy == 0.05
     assert latency.other_cores((10.0, 1.0, 0.0), (12.0, 1.5, 1.0)) == 1.5  # 2 s busy, 0.5 s ours, over 1 s
     assert latency.other_cores(None, (1.0, 1.0, 1.0)) is None
 
-
-def test_a_quantized_target_counts_the_float_form_where_int8_is_slower(monkeypatch):
-    """The quantize pass writes float where int8 measures slower; the target search times both forms and the
-    faster counts (UltraFace at batch 1, pruned: int8 1.55x its float graph)."""
-    from dfc.prune import target_meter
-
-    def fake_median_latencies(models, x, threads=2, rounds=20, samples=None, load=None, **_):
-        times = {"original": 1.0, "pruned": 0.6, "float": 0.4}
-        samples.update({k: [times[k]] * rounds for k in models})
-        load["other_cores"] = 0.0
-        return {k: times[k] for k in models}, len(x)
-
-    monkeypatch.setattr(latency, "median_latencies", fake_median_latencies)
-    monkeypatch.setattr(target_meter.ir, "export_model", lambda graph: "float graph")
-    meter = object.__new__(target_meter.TargetMeter)
-    meter.kind, meter.original, meter.x, meter.threads, meter.rounds = "latency", None, [0.0], 2, 20
-    meter.variant, meter.timed_original = (lambda graph: "qdq graph"), None
-    meter.quant = {"wbits": 8}
-    assert meter.measured_ratio(None) == 0.4 and meter.form == "float"
-    meter.quant = None  # float target: the shipped graph is the only form
-    assert meter.measured_ratio(None) == 0.6 and meter.form == "pruned"

@@ -11,12 +11,10 @@ Target kinds, each a ratio against the model as it entered the prune pass (the o
   will be shipped: float, or QDQ when quantizing), plus the time of the ops no layer accounts for when the layers add
   up to less than that (EfficientNet-Lite0: Pads, Clips, Adds), held fixed; checked by timing the pruned graph against the original,
   alternating, as the ratio of their fastest runs (`dfc.measure.latency.fastest_ratio`: a busy core moves medians by
-  10-30 % between runs, minima by 1-3 %), taken again after a pause while other processes hold the cores. When
-  quantizing, the float graph is timed beside its QDQ form and the faster counts: the quantize pass writes float
-  layers where int8 measures slower (UltraFace at batch 1, its channels pruned: int8 1.55× the float graph; timing
-  only the QDQ form, the search removed its whole scope and the float output measured 0.145× for a 0.3 target). The QDQ variant used for the check and the reference
-  is quantized with throw-away ranges (Gaussian min/max): its ops, and so its kernels and time, are those of the final
-  model, its accuracy is irrelevant.
+  10-30 % between runs, minima by 1-3 %), taken again after a pause while other processes hold the cores; at the
+  model's fixed batch, against the user's file (as the report checks the output). The QDQ variant used for the
+  check and the reference is quantized with throw-away ranges (Gaussian min/max) by the quantize pass itself, its float-layer choice
+  included: its ops, and so its kernels and time, are those of the final model, its accuracy is irrelevant.
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ class TargetMeter:
         self.kind, self.ctx, self.bits, self.quant = kind, ctx, bits, quant
         self.margin = 0.0  # the last measurement's uncertainty (latency: `fastest_ratio`'s margin)
         self.busy = 0.0  # cores other processes held during the last timing (`dfc.measure.latency.other_cores`)
-        self.form = "pruned"  # which form of the last timed graph was faster: "pruned" (as shipped) or "float"
         self.batch, self.threads, self.rounds = batch, threads, rounds
         self.original = ir.export_model(graph)
         # timed against the user's file, as the report checks the output (UltraFace at batch 1: dfc's cleanup alone
@@ -89,8 +86,6 @@ class TargetMeter:
         from dfc.measure.latency import fastest_ratio
 
         models = {"original": self.timed_original, "pruned": self.variant(graph)}
-        if self.quant is not None:  # quantize writes the float graph where int8 measures slower (dfc.quant.float_layers)
-            models["float"] = ir.export_model(graph)
         best = None
         for wait in RETRY_WAITS_S:  # a timing while other processes hold the cores is retried after a pause
             rounds: dict = {}
@@ -98,13 +93,11 @@ class TargetMeter:
             self._time(models, rounds, load)
             busy = load.get("other_cores") or 0.0
             if best is None or busy < best[0]:
-                form = min((k for k in models if k != "original"),
-                           key=lambda k: fastest_ratio(rounds[k], rounds["original"])[0])
-                best = (busy, form, *fastest_ratio(rounds[form], rounds["original"]))
+                best = (busy, *fastest_ratio(rounds["pruned"], rounds["original"]))
             if busy <= BUSY_CORES or wait is None:
                 break
             time.sleep(wait)
-        self.busy, self.form, ratio, self.margin = best
+        self.busy, ratio, self.margin = best
         return ratio
 
     def variant(self, graph: gs.Graph) -> onnx.ModelProto:

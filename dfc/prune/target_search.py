@@ -80,7 +80,6 @@ class TargetSearch:
                            "margin": round_sig(meter.margin), "verdict": st.verdict,
                            "from": "start" if base is start else f"round {states.index(base) + 1}",
                            **({"busy_cores": round(meter.busy, 2)} if kind == "latency" and meter.busy > BUSY_CORES else {}),
-                           **({"timed_as": "float"} if kind == "latency" and meter.form == "float" else {}),
                            **{k: v for k, v in (stats or {}).items() if k in ("groups_removed", "steps", "branches_removed")}})
             if st.verdict == LANDED and not centring and rnd + 1 < SEARCH_ROUNDS:
                 last = (stats or {}).get("removed") or [{}]  # depth rounds: the prediction before the last removal
