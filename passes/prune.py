@@ -98,6 +98,8 @@ class Prune(TargetSearch, PruneSchedule, Pass):
                 runner._meter = self._meter
                 graph, stats = runner._schedule(graph, ctx, None if dead else analysis)
             res.update(stats)
+            if o["target"] is not None and res.get("depth") is not None:
+                graph = self._meet_below_band(graph, ctx, res, stats)
         res["layers"] = _layer_report(before, _layer_shapes(graph))
         _blocked_kernel_note(res["layers"], ctx)
         ctx.results["prune"] = res

@@ -106,3 +106,39 @@ def test_centring_gives_back_at_least_the_last_removal():
     ratio_only = land.centring_aim(0.38, measured=0.353, margin=0.01, exact=False)
     assert ratio_only < 0.42
     assert land.centring_aim(0.38, measured=0.353, margin=0.01, exact=False, give_back=0.42) > 0.42
+
+
+def test_a_fast_round_gives_back_at_least_the_last_removal():
+    land = Landing(0.5)
+    assert land.next_aim(0.475, predicted=0.475, measured=0.434, margin=0.0) < 0.738  # ratio correction alone
+    assert land.next_aim(0.52, predicted=0.475, measured=0.434, margin=0.0, give_back=0.738) > 0.738
+
+
+def test_a_target_channels_missed_is_met_by_the_depth_result_below_the_band():
+    """PP-OCR --target-size 0.5: channels ran out of scope at 0.589x, two branches met it at 0.434x: the met result is
+    written, the channel stage's report is set aside, and a note says why."""
+    import onnx
+    from onnx import helper
+
+    from dfc.pipeline import Context
+    from dfc.prune.target_search import FAST, SLOW, TargetSearch, _State
+
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+                                                [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                                [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    fast = _State(model, Context(), {"removed": [{"add": "a"}, {"add": "b"}]}, 0.475, 0.475, 0.434, 0.0, FAST)
+    slow = _State(model, Context(), {"removed": [{"add": "a"}]}, 0.738, 0.738, 0.717, 0.0, SLOW)
+    search = object.__new__(TargetSearch)
+    search.options = {"target": ("size", 0.5), "quant": None}
+    search._meter = type("M", (), {"kind": "size", "cost": None})()
+    rounds = [{"verdict": FAST}, {"verdict": SLOW, "kept": True}]
+    search._met_below, search._depth_states = (fast, rounds), [fast, slow]
+    ctx = Context()
+    res = {"target": {"met": False, "measured": 0.589}, "groups_removed": 80, "depth": {"removed": [{"add": "a"}]}}
+    out = search._meet_below_band(None, ctx, res, {"groups_removed": 80})
+    assert out is not None and res["target"]["measured"] == 0.434 and res["target"]["met"]
+    assert "groups_removed" not in res and res["channels_discarded"]["groups_removed"] == 80
+    assert [r["kept"] for r in rounds] == [True, False] and len(res["depth"]["removed"]) == 2
+    assert any("below the band" in n for n in ctx.notes)
+    res_met = {"target": {"met": True}}
+    assert search._meet_below_band("g", ctx, res_met, {}) == "g"  # met by channels: nothing changes

@@ -70,3 +70,16 @@ def test_a_timing_while_other_processes_hold_the_cores_is_taken_again(monkeypatc
     assert latency.other_cores((10.0, 1.0, 0.0), (12.0, 1.5, 1.0)) == 1.5  # 2 s busy, 0.5 s ours, over 1 s
     assert latency.other_cores(None, (1.0, 1.0, 1.0)) is None
 
+
+
+def test_a_size_target_sizes_layers_the_quantize_pass_leaves_float_at_32_bits():
+    from onnx import helper
+
+    from dfc.prune.target_meter import bits_as_written
+
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "s"], ["w0"], name="dq"),
+             helper.make_node("Conv", ["x", "w0"], ["y0"], name="int8_conv"),
+             helper.make_node("Conv", ["y0", "w1"], ["y1"], name="float_conv")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    assert bits_as_written(model, {"int8_conv": 8, "float_conv": 8, "absent": 4}) == {
+        "int8_conv": 8, "float_conv": 32, "absent": 4}

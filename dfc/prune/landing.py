@@ -47,15 +47,19 @@ class Landing:
         """The goal itself where the prediction is the measurement (MACs), else the middle of the band."""
         return self.goal if exact else self.point()
 
-    def next_aim(self, aim: float, predicted: float, measured: float, margin: float) -> float:
+    def next_aim(self, aim: float, predicted: float, measured: float, margin: float,
+                 give_back: float | None = None) -> float:
         """The aim after a round that aimed at `aim`, predicted `predicted` and measured `measured` ± `margin`:
         above the goal, the miss corrected as a ratio and as an offset from the prediction (`corrected_aim`); below
-        the band, as a ratio (aim · point / measured, looser than `aim`); kept inside the bracket of the aims tried
+        the band, as a ratio (aim · point / measured, looser than `aim`), at least `give_back` (the prediction of
+        the graph one removal before: PP-OCR's branches are 0.28× of its size apart, and five ratio corrections
+        rebuilt the same 2-branch graph before one gave a branch back); kept inside the bracket of the aims tried
         (else the bracket's midpoint)."""
         slow = self.verdict(measured, margin) == SLOW
         (self.slow if slow else self.fast).append(aim)
         point = self.point(margin)
-        new = corrected_aim(aim, point, measured, predicted) if slow else aim * point / max(measured, 1e-12)
+        new = (corrected_aim(aim, point, measured, predicted) if slow
+               else max(aim * point / max(measured, 1e-12), (give_back or 0.0) * (1 + 1e-6)))
         lo, hi = max(self.fast, default=0.0), min(self.slow, default=math.inf)
         if lo < new < hi:
             return new
