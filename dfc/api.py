@@ -236,8 +236,7 @@ def _input_channels(model: onnx.ModelProto) -> int | None:
 def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context, o: dict) -> dict:
     """Fidelity on a Gaussian probe batch and the ORT latency ratio, both against the original."""
     from dfc.graph import ir
-    from dfc.measure.latency import fastest_ratio, median_latencies
-    from dfc.prune.target_meter import BUSY_CORES
+    from dfc.measure.latency import BUSY_CORES, fastest_ratio, median_latencies
     from dfc.measure.validation import output_fidelity, outputs_of
 
     try:

@@ -132,7 +132,7 @@ def test_a_target_channels_missed_is_met_by_the_depth_result_below_the_band():
     search.options = {"target": ("size", 0.5), "quant": None}
     search._meter = type("M", (), {"kind": "size", "cost": None})()
     rounds = [{"verdict": FAST}, {"verdict": SLOW, "kept": True}]
-    search._met_below, search._depth_states = (fast, rounds), [fast, slow]
+    search._depth_rounds = ([fast, slow], rounds)
     ctx = Context()
     res = {"target": {"met": False, "measured": 0.589}, "groups_removed": 80, "depth": {"removed": [{"add": "a"}]}}
     out = search._meet_below_band(None, ctx, res, {"groups_removed": 80})

@@ -19,7 +19,8 @@ from dfc.compensate.compensation import round_sig
 from dfc.pipeline import Context
 from dfc.prune.schedule import merge_stats
 from dfc.prune.landing import BAND, FAST, LANDED, SLOW, Landing
-from dfc.prune.target_meter import BUSY_CORES, TargetMeter
+from dfc.measure.latency import BUSY_CORES
+from dfc.prune.target_meter import TargetMeter
 
 SEARCH_ROUNDS = 6
 AGAIN = "same graph, averaged into the round before"
@@ -45,7 +46,7 @@ class _State:
 
 class TargetSearch:
     def _land(self, graph: gs.Graph, ctx: Context, meter: TargetMeter, run_round, first: dict, fallback: str
-              ) -> tuple[gs.Graph, list[dict], "_State"]:
+              ) -> tuple[gs.Graph, list[dict], "_State", list["_State"]]:
         """Rounds of (prune toward an aim, measure) until a result lands in the band (`dfc.prune.landing`), at most
         SEARCH_ROUNDS. A round that must remove more continues from the most-pruned result still above the goal, one
         that must remove less restarts from it (or from the start), so what an overshoot removed is given back.
@@ -55,7 +56,7 @@ class TargetSearch:
         Without a landing, the result kept is `fallback`'s: "closest" (the largest measurement at or below the goal,
         else the smallest) or "slow" (the most-pruned result above the goal, else the start: a later stage finishes
         the search).
-        Returns the graph, the rounds for the report and the kept state (its context to adopt)."""
+        Returns the graph, the rounds for the report, the kept state (its context to adopt) and every round's state."""
         kind = meter.kind
         land = Landing(float(self.options["target"][1]))
         start = _State(ir.export_model(graph), _fresh(ctx))
@@ -100,13 +101,12 @@ class TargetSearch:
             if land.converged():
                 break
         kept = _kept(states, start, land, fallback, exact)
-        self._states = states
         for st, row in zip(states, report):
             row["kept"] = st is kept
             if st is kept and row.get("busy_cores"):
                 ctx.note(f"prune: the kept result was timed while other processes held {row['busy_cores']:g} cores "
                          "(after two pauses): its latency ratio is uncertain; run again on a quiet machine")
-        return ir.import_graph(kept.model), report, kept
+        return ir.import_graph(kept.model), report, kept, states
 
     def _remove_branches(self, graph: gs.Graph, ctx: Context) -> tuple[gs.Graph, dict]:
         """Depth pruning before channel pruning (`depth`): whole residual branches go, least probe error per unit of
@@ -144,16 +144,14 @@ class TargetSearch:
             stats = {"removed": rep["removed"], "branches_removed": len(rep["removed"])}
             return g, stats, rep["predicted"], rep["predicted"] > aim
 
-        graph, rounds, kept = self._land(graph, ctx, meter, run_round, {}, fallback="slow")
+        graph, rounds, kept, states = self._land(graph, ctx, meter, run_round, {}, fallback="slow")
         probe.adopt(ctx, kept.ctx)
         report = {"candidates": candidates[0], "removed": (kept.stats or {}).get("removed", []), "rounds": rounds,
                   "probe": probe.source(ctx)}
         if kept.verdict == LANDED:
             report["target"] = self._target_record(kept, rounds, meter, stage="depth")
-        else:  # the least-pruned depth result below the band: kept if channels cannot meet the goal from `kept`
-            self._depth_states = self._states
-            fast = [st for st in self._states if st.verdict == FAST]
-            self._met_below = (max(fast, key=lambda st: st.measured), rounds) if fast else None
+        else:  # its fast rounds: the channel stage may miss the goal from `kept` (`_meet_below_band`)
+            self._depth_rounds = (states, rounds)
         return graph, report
 
     def _meet_below_band(self, graph: gs.Graph, ctx: Context, res: dict, stats: dict) -> gs.Graph:
@@ -161,16 +159,18 @@ class TargetSearch:
         that depth result is written: a target met by more than asked beats one missed (PP-OCR --target-size 0.5:
         channels exhausted at 0.589, two branches met it at 0.434)."""
         t = res.get("target") or {}
-        if t.get("met", True) or getattr(self, "_met_below", None) is None:
+        states, rounds = getattr(self, "_depth_rounds", ([], []))
+        fast = [state for state in states if state.verdict == FAST]
+        if t.get("met", True) or not fast:
             return graph
-        st, rounds = self._met_below
+        st = max(fast, key=lambda state: state.measured)  # the least pruned of them
         probe.adopt(ctx, st.ctx)
         for k in stats:  # what the channel stage reported describes a graph no longer written
             res.pop(k, None)
         res["channels_discarded"] = {"groups_removed": stats.get("groups_removed"), "measured": t.get("measured")}
         res["target"] = self._target_record(st, rounds, self._meter, stage="depth")
         res["depth"]["removed"] = (st.stats or {}).get("removed", [])
-        for row, state in zip(rounds, self._depth_states):
+        for row, state in zip(rounds, states):
             row["kept"] = state is st
         ctx.note(f"prune: channels could not reach the target ({t.get('measured'):.3g}x at the end of their scope); "
                  f"kept the residual branches that meet it below the band instead ({st.measured:.3g}x)")
@@ -235,7 +235,7 @@ class TargetSearch:
                 last["predicted"] = meter.predicted_ratio(meter.layer_total(g))
             return g, stats, last["predicted"], last["exhausted"]
 
-        graph, rounds, kept = self._land(graph, ctx, meter, run_round, {"analysis": analysis}, fallback="closest")
+        graph, rounds, kept, _ = self._land(graph, ctx, meter, run_round, {"analysis": analysis}, fallback="closest")
         probe.adopt(ctx, kept.ctx)
         total = kept.stats or {"groups_in_scope": 0, "groups_removed": 0, "pairs_merged": 0, "steps": 0}
         total["target"] = self._target_record(kept, rounds, meter, stage="channels")
