@@ -297,3 +297,42 @@ def test_a_model_that_runs_at_one_size_trains_at_it():
     qdq = api.optimize(model, calib="gaussian", measure=False, udfc_requant=False)
     _, info = finetune(qdq, model, rand((16, 3, 8, 8)), FinetuneConfig(method="kd", steps=3, size=4))
     assert info["phases"][0]["shape"] == [3, 8, 8]
+
+
+def test_disagreement_pool_moves_samples_up_the_loss_within_their_range():
+    from dfc.finetune.hard_samples import DisagreementPool
+
+    x = torch.from_numpy(rand((8, 2, 4, 4), seed=3))
+    pool = DisagreementPool(x, share=0.5, step=0.1, gen=torch.Generator().manual_seed(0), updates=2)
+    low, high = x.amin(dim=(0, 2, 3), keepdim=True), x.amax(dim=(0, 2, 3), keepdim=True)
+    assert pool.split(12) == (12, 0)  # empty: the whole batch is fresh
+
+    def step(xb, hard):
+        xb = xb.clone().requires_grad_(True)
+        xb.pow(2).sum().backward()  # a loss that grows away from 0
+        pool.push(xb, xb.grad, hard)
+
+    step(x[:6], 0)  # 0.5 * 6 / 2 updates: 2 enter, moved outward within the range
+    assert pool.filled == 2 and torch.all(pool.buffer[:2].abs() >= x[:2].abs() - 1e-6)
+    assert not torch.equal(pool.buffer[:2], x[:2])
+    assert torch.all(pool.buffer[:2] >= low) and torch.all(pool.buffer[:2] <= high)
+    assert pool.split(12) == (10, 2)  # half the batch, at most what the pool holds
+    before = pool.buffer[:2].clone()
+    drawn = pool.draw(2)
+    step(torch.cat([x[2:5], drawn]), 2)  # the drawn go back moved again; 2 more enter
+    assert pool.filled == 4 and torch.all(pool.buffer[:2].abs() >= before.abs() - 1e-6)
+    for _ in range(3):
+        step(torch.cat([x[:6], pool.draw(3)]), 3)
+    assert pool.filled == 8 and 0 <= pool.next < 8  # full: new inputs replace the oldest
+
+
+def test_kd_with_a_disagreement_pool_trains_and_is_seeded(demo_w2a4):
+    _, teacher, qdq = demo_w2a4
+    x = rand((64, 1, 8, 8), seed=5)
+    cfg = FinetuneConfig(method="kd", steps=40, batch=16, lr=1e-3, hard_share=0.5)
+    out, info = finetune(qdq, teacher, x, cfg, float_model=teacher)
+    again, _ = finetune(qdq, teacher, x, cfg, float_model=teacher)
+    assert info["kl_after"] < info["kl_before"]
+    assert out.SerializeToString() == again.SerializeToString()
+    plain, _ = finetune(qdq, teacher, x, FinetuneConfig(method="kd", steps=40, batch=16, lr=1e-3), float_model=teacher)
+    assert plain.SerializeToString() != out.SerializeToString()

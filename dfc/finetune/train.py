@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from dfc.errors import DfcError
 from dfc.progress import progress_bar
+from dfc.finetune.hard_samples import DisagreementPool
 from dfc.finetune.student import WEIGHTED, QuantizedTensor, Student
 from dfc.synth.torch_exec import TorchGraph
-from dfc.finetune.train_cost import default_steps, pass_cost, step_seconds
+from dfc.finetune.train_cost import default_steps, measured_speed, pass_cost, step_seconds
 from dfc.synth.resolution import REDUCED_SIZE_MACS, area_ratio, resized, runnable_reduced_shape
 
 METHODS = ("kd", "blocks")
@@ -51,6 +52,10 @@ class FinetuneConfig:
     kd_alpha: float = 1.0
     kd_beta: float = 1.0  # weight of the block-output term IQ (smooth-L1, summed over blocks)
     mixup: float = 1.0  # Beta(a, a) of MixUp's λ; 0 turns MixUp off
+    # kd: share of each batch drawn from inputs moved up the kd loss (`dfc.finetune.hard_samples`), and their step in
+    # units of the samples' per-channel std; 0: off
+    hard_share: float = 0.0
+    hard_step: float = 0.05
     # blocks: adaround (learned rounding, constant lr as in AdaRound) | ste (latent weights: lower loss on the samples,
     # but it overfits them: ResNet-20 W4A4 300 steps 89.77 top-1 vs adaround 90.46); kd always trains latent weights
     rounding: str = "adaround"
@@ -62,6 +67,9 @@ class FinetuneConfig:
     # default steps: about this many seconds of training on 2 CPU cores, predicted from the graph (`dfc.finetune.train_cost`):
     # ResNet-56 W8A8 kd ≈ 1400 steps, EfficientNet-Lite0 W8A8 kd ≈ 100 (floor MIN_STEPS); README lists more
     time_budget_s: float = 300.0
+    # the step-time model's factor for this machine: None measures it on a few of the run's own kd passes
+    # (`dfc.finetune.train_cost.measured_speed`); 1.0 is the 2-core reference the model was fitted on
+    speed: float | None = None
     # train at a smaller input (`dfc.synth.resolution`), for a model that runs at any size: None: where a sample costs
     # about `train_macs` (the inverter's rule; the CIFAR ResNets stay at 32²); 0: the input size; else this side
     size: int | None = None
@@ -199,15 +207,20 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
               (scales, cfg.scale_lr)]
     opt = torch.optim.Adam([{"params": p, "lr": r, "base": r} for p, r in groups if p])
     beta_dist = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup > 0 else None
+    pool = DisagreementPool(x, cfg.hard_share, cfg.hard_step, gen) if cfg.hard_share > 0 else None
     first = last = None
     bar = progress_bar(range(steps), desc="finetune kd")
     for step in bar:
-        idx = torch.randint(len(x), (cfg.batch,), generator=gen).to(x.device)
+        fresh, hard = pool.split(cfg.batch) if pool else (cfg.batch, 0)
+        idx = torch.randint(len(x), (fresh,), generator=gen).to(x.device)
         xb = augment(x[idx], 1, gen)
         if beta_dist is not None:
             lam = beta_dist.sample((len(xb),)).to(x.device).view(-1, *[1] * (xb.dim() - 1))
             perm = torch.randperm(len(xb), generator=gen).to(x.device)
             xb = lam * xb + (1 - lam) * xb[perm]
+        if hard:  # pool samples were augmented and mixed when they first entered it
+            xb = torch.cat([xb, pool.draw(hard)])
+        xb.requires_grad_(pool is not None)
         with torch.no_grad():
             (t_out,), t_blocks = teacher(xb)
         (s_out,), s_blocks = student(xb)
@@ -219,6 +232,8 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         adam_step_in_quant_steps(opt, coded)
+        if pool is not None:
+            pool.push(xb, xb.grad, hard)
         v = float(loss.detach())
         first = v if first is None else first
         last = v if last is None else 0.9 * last + 0.1 * v
@@ -379,16 +394,21 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
     area = area_ratio(low, shape)
     s_cost, t_cost = pass_cost(model, student, x_low[:1], area), pass_cost(teacher_model, teacher, x_low[:1], area)
+    speed = cfg.speed
+    if speed is None and cfg.steps is None:
+        probe = x_low[torch.arange(cfg.batch) % len(x_low)]
+        speed = measured_speed(student, teacher, probe, step_seconds("kd", s_cost, t_cost, cfg.batch))
+    speed = speed or 1.0
     full_s = 0.0
     if full_steps:
-        full_s = full_steps * step_seconds(cfg.method, pass_cost(model, student, xt[:1]),
-                                           pass_cost(teacher_model, teacher, xt[:1]), cfg.batch)
+        full_s = speed * full_steps * step_seconds(cfg.method, pass_cost(model, student, xt[:1]),
+                                                   pass_cost(teacher_model, teacher, xt[:1]), cfg.batch)
     if cfg.steps is not None:
         steps = cfg.steps
     else:
-        steps = default_steps(cfg.method, s_cost, t_cost, cfg.batch, max(cfg.time_budget_s - full_s, 0.0),
+        steps = default_steps(cfg.method, s_cost, t_cost, cfg.batch, max(cfg.time_budget_s - full_s, 0.0) / speed,
                               MIN_STEPS[cfg.method], MAX_STEPS[cfg.method])
-    predicted = steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch) + full_s
+    predicted = speed * steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch) + full_s
     # kd counts the quantized weights' steps in quantization steps where rounding is all that separates them from the
     # teacher; a pruned student (fewer weights) has further to go: all its parameters move at the absolute lr
     in_steps = (cfg.method == "kd" and any(in_quant_steps(m) for m in student.tensors.values())
@@ -424,7 +444,8 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
         "seconds": round(time.perf_counter() - t0, 1),
-        "predicted_seconds": float(f"{predicted:.3g}") if cfg.steps is None else None, "kept": kept, "phases": phases, "input_shape": list(shape),
+        "predicted_seconds": float(f"{predicted:.3g}") if cfg.steps is None else None,
+        "speed": round(speed, 3) if cfg.steps is None else None, "kept": kept, "phases": phases, "input_shape": list(shape),
         **trace,
     }
     return (model if kept == "input" else student.export(model)), info
