@@ -179,7 +179,7 @@ def _inverter_lines(passes: dict) -> list[str]:
                    f"({ft['blocks']} blocks{_blocks_kept(ft)}){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
                    f"{ft['batch']}, lr {_lr_text(ft)}, {ft['device']}: output KL to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
-                   + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted on 2 CPU cores, took "
+                   + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted{_speed_text(ft)}, took "
                       f"{ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")
                    + ("; not kept (the KL rose): the model before fine-tuning is written" if ft.get("kept") == "input" else ""))
         phases = ft.get("phases") or []
@@ -223,6 +223,14 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def _speed_text(ft: dict) -> str:
+    """The step-time model's machine factor (`dfc.finetune.train_cost.measured_speed`)."""
+    speed = ft.get("speed")
+    if not speed or abs(speed - 1.0) < 0.05:
+        return " (2-core reference speed)" if speed else " on 2 CPU cores"
+    return f" (this machine measured {speed:.2g}x the 2-core reference's step time)"
 
 
 def _lr_text(ft: dict) -> str:

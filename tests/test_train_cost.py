@@ -48,10 +48,25 @@ def test_default_steps_fit_the_budget_and_are_reported():
     teacher = PassManager(["cleanup", "fold-bn"]).run(model, Context())
     qdq = api.optimize(model, calib="gaussian", measure=False)
     x = rand((16, 3, 8, 8), seed=1)
-    _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=1e-3))
+    _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=1e-3, speed=1.0))
     assert info["steps"] == MIN_STEPS["kd"] and info["predicted_seconds"] > 0
     step = info["predicted_seconds"] / MIN_STEPS["kd"]
-    _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=250 * step))
+    _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=250 * step, speed=1.0))
     assert 245 <= info["steps"] <= 250 and info["predicted_seconds"] <= 250 * step * 1.01
     _, info = finetune(qdq, teacher, x, FinetuneConfig(method="kd", steps=3))
     assert info["steps"] == 3 and info["predicted_seconds"] is None and np.isfinite(info["kl_after"])
+
+
+def test_default_steps_follow_this_machines_measured_speed():
+    model = conv_bn_relu_cnn()
+    teacher = PassManager(["cleanup", "fold-bn"]).run(model, Context())
+    qdq = api.optimize(model, calib="gaussian", measure=False)
+    x = rand((16, 3, 8, 8), seed=1)
+    _, ref = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=1e-3, speed=1.0, steps=None))
+    budget = 400 * ref["predicted_seconds"] / MIN_STEPS["kd"]
+    _, slow = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=budget, speed=2.0))
+    assert slow["steps"] in (199, 200) and slow["speed"] == 2.0  # a machine twice as slow: half the steps
+    assert slow["predicted_seconds"] == pytest.approx(budget, rel=0.02)
+    _, measured = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=budget))
+    expected = int(np.clip(400 / measured["speed"], MIN_STEPS["kd"], MAX_STEPS["kd"]))
+    assert measured["speed"] > 0 and abs(measured["steps"] - expected) <= 1

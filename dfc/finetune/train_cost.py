@@ -14,10 +14,16 @@ notice (the 8×8 digits demo: 3.5 ms a step, 1/50 of it predicted by the passes)
 block; the teacher's block outputs are computed once) is K_BLOCKS·3 student passes plus a cost per student node (each block's own optimizer
 step, AdaRound's rounding, dispatch: it dominates on small inputs), fitted on six ResNet-56 / Lite0 float, W8A8 and
 2w4a students (within 20 %; the pass cost alone was off by 0.7-2.2×).
+
+The k are one machine's; `measured_speed` times a few of the run's own kd passes (student forward and backward,
+teacher forward, one batch) and divides by their prediction, and the default steps are set by the prediction times
+that factor: on the 2-core machines of later stops kd took 1.5× its prediction (ResNet-56 W4A4: 456 s for 300),
+and a GPU or a busy CPU moves it further.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,3 +86,22 @@ def default_steps(method: str, student: PassCost, teacher: PassCost, batch: int,
     """Steps so that the predicted training time ≈ `budget_s`, within [lo, hi]."""
     per_step = max(step_seconds(method, student, teacher, batch), 1e-9)
     return int(np.clip(budget_s / per_step, lo, hi))
+
+
+def measured_speed(student: TorchGraph, teacher: TorchGraph, x: torch.Tensor, predicted_s: float,
+                   repeats: int = 3) -> float:
+    """This machine's seconds for a kd step's passes on the batch `x` (student forward and backward, teacher
+    forward; the fastest of `repeats` after one warm-up) over `predicted_s`, their prediction."""
+    cuda = x.device.type == "cuda"
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            teacher(x)
+        out = student(x)[0][0]
+        out.float().square().mean().backward()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    student.zero_grad(set_to_none=True)
+    return min(times[1:]) / max(predicted_s, 1e-9)
