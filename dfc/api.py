@@ -80,7 +80,9 @@ def _finetune_pass(o: dict, stage: str | None = None):
                     lr=o["finetune_lr"], step_lr=o["finetune_step_lr"], seed=int(o["seed"]), device=o["device"],
                     samples=o["calib_data"], time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
                     gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES), stage=stage, size=o["finetune_size"],
-                    full_steps=int(o["finetune_full_steps"]))
+                    full_steps=int(o["finetune_full_steps"]),
+                    hard_share=float(FinetuneConfig.hard_share if o["finetune_disagreement"] is None
+                                     else o["finetune_disagreement"]))
 
 
 def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dict]:

@@ -146,6 +146,8 @@ def test_float_student_after_pruning(demo_w2a4, digits_test, method):
     (dict(finetune="kd", finetune_step_lr=-0.01), "--finetune-step-lr must be a positive number"),
     (dict(finetune_step_lr=0.01), "--finetune-step-lr is a fine-tuning option: give --finetune"),
     (dict(finetune="blocks", finetune_step_lr=0.01), "--finetune-step-lr is a kd option"),
+    (dict(finetune="kd", finetune_disagreement=1.0), "--finetune-disagreement must be a ratio"),
+    (dict(finetune="blocks", finetune_disagreement=0.5), "--finetune-disagreement is a kd option"),
     (dict(finetune="kd", finetune_time=-5), "--finetune-time must be a positive number"),
     (dict(finetune_steps=10), "--finetune-steps is a fine-tuning option: give --finetune"),
 ])
@@ -194,12 +196,19 @@ def test_teacher_targets_block_by_block_equal_full_forward_passes(residual):
 
 
 def test_finetune_time_sets_the_default_steps(residual):
-    """--finetune-time is the budget the default steps fill at the predicted step time."""
+    """--finetune-time is the budget the default steps fill at the predicted step time (the reference model's, times
+    the speed each run measures on this machine)."""
+    from dfc.finetune.train import MAX_STEPS, MIN_STEPS
+
     opts = dict(RESIDUAL_QDQ_OPTS, finetune="kd")
     floor = api.optimize_with_report(residual[0], **opts, finetune_time=1e-3)[1]["passes"]["finetune"]
-    step = floor["predicted_seconds"] / floor["steps"]
-    ft = api.optimize_with_report(residual[0], **opts, finetune_time=150 * step)[1]["passes"]["finetune"]
-    assert 145 <= ft["steps"] <= 150 and ft["predicted_seconds"] <= 150 * step * 1.01
+    assert floor["steps"] == MIN_STEPS["kd"]
+    step = floor["predicted_seconds"] / floor["steps"] / floor["speed"]  # seconds a step at the reference speed
+    budget = 150 * step * floor["speed"]
+    ft = api.optimize_with_report(residual[0], **opts, finetune_time=budget)[1]["passes"]["finetune"]
+    expected = int(np.clip(budget / (step * ft["speed"]), MIN_STEPS["kd"], MAX_STEPS["kd"]))
+    assert abs(ft["steps"] - expected) <= 1
+    assert ft["predicted_seconds"] <= budget * 1.01 or ft["steps"] == MIN_STEPS["kd"]
 
 
 @pytest.mark.parametrize("knob", ["finetune_lr", "finetune_step_lr"])

@@ -18,7 +18,7 @@ def defaults() -> dict[str, Any]:
 
 DEFAULTS = defaults()
 TARGETS = ("target_latency", "target_size", "target_macs")
-FINETUNE_ONLY = ("finetune_steps", "finetune_time", "finetune_lr", "finetune_step_lr")
+FINETUNE_ONLY = ("finetune_steps", "finetune_time", "finetune_lr", "finetune_step_lr", "finetune_disagreement")
 
 
 def prune_target(o: dict) -> tuple[str, float] | None:
@@ -102,5 +102,7 @@ def _check_together(given: dict, o: dict) -> None:
         raise DfcError(f"{flag(tuned[0])} is a fine-tuning option: give --finetune kd|blocks too")
     if o["finetune"] == "blocks" and o["finetune_step_lr"] is not None:
         raise DfcError("--finetune-step-lr is a kd option (blocks learns roundings at --finetune-lr)")
+    if o["finetune"] == "blocks" and o["finetune_disagreement"] is not None:
+        raise DfcError("--finetune-disagreement is a kd option (blocks reconstructs each block on the samples)")
     if o["finetune_time"] is not None and o["finetune_steps"] is not None:
         raise DfcError("--finetune-time sets the default steps; it cannot be combined with --finetune-steps")

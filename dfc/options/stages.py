@@ -123,7 +123,7 @@ class FinetuneOptions:
                                "(knowledge distillation, The Knowledge Within Alg. 2) or blocks (block-wise "
                                "reconstruction, BRECQ/AdaRound)", choices=FINETUNE_METHODS, cli=str)
     finetune_time: float | None = opt(None, "seconds of fine-tuning the default steps fill, predicted from the graph "
-                                      "and a few steps timed on this machine (default 300; not with --finetune-steps)", rule="positive",
+                                      "and a few steps timed on this machine (default 480; not with --finetune-steps)", rule="positive",
                                       cli=float, metavar="S")
     finetune_steps: int | None = opt(None, "fine-tuning steps (kd: in all; blocks: per block; default: from the "
                                      "--finetune-time budget)", rule="int_ge_0", cli=int, advanced=True)
@@ -132,6 +132,9 @@ class FinetuneOptions:
                                     "blocks 1e-2 for the roundings)", rule="positive", cli=float, advanced=True)
     finetune_step_lr: float | None = opt(None, "kd: Adam's step on quantized weights, in units of each channel's "
                                          "quantization step (default 0.01)", rule="positive", cli=float, advanced=True)
+    finetune_disagreement: float | None = opt(None, "kd: share of each batch drawn from samples moved toward where "
+                                              "the student disagrees with the teacher (default 0.5; 0: off)",
+                                              rule="ratio_below_1", cli=float, advanced=True)
     finetune_size: int | None = opt(None, "train at this image side, then run at the input size (default: for a "
                                     "large input of a model that runs at any size, the side at which a sample costs "
                                     "about 1.3e8 MACs, as the inverter; 0: the input size)", rule="int_ge_0", cli=int,
