@@ -81,8 +81,7 @@ def _finetune_pass(o: dict, stage: str | None = None):
                     samples=o["calib_data"], time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
                     gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES), stage=stage, size=o["finetune_size"],
                     full_steps=int(o["finetune_full_steps"]),
-                    hard_share=float(FinetuneConfig.hard_share if o["finetune_disagreement"] is None
-                                     else o["finetune_disagreement"]))
+                    hard_share=o["finetune_disagreement"])
 
 
 def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dict]:
@@ -238,7 +237,7 @@ def _input_channels(model: onnx.ModelProto) -> int | None:
 def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context, o: dict) -> dict:
     """Fidelity on a Gaussian probe batch and the ORT latency ratio, both against the original."""
     from dfc.graph import ir
-    from dfc.measure.latency import BUSY_CORES, fastest_ratio, median_latencies
+    from dfc.measure.latency import BUSY_CORES, SESSIONS, fastest_ratio, median_latencies
     from dfc.measure.validation import output_fidelity, outputs_of
 
     try:
@@ -256,15 +255,17 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
         rounds: dict = {}
         load: dict = {}
         med, batch = median_latencies({"original": original, "optimized": optimized}, x, threads=o["threads"],
-                                      rounds=o["latency_rounds"], progress="latency", samples=rounds, load=load)
+                                      rounds=o["latency_rounds"], progress="latency", samples=rounds, load=load,
+                                      sessions=SESSIONS)
         if (load.get("other_cores") or 0.0) > BUSY_CORES:
             ctx.note(f"latency: other processes held {load['other_cores']:.2g} cores while it was timed; the ratio "
                      "is uncertain: time it again on a quiet machine")
-        fastest, margin = fastest_ratio(rounds["optimized"], rounds["original"])
+        fastest, margin = fastest_ratio(rounds["optimized"], rounds["original"], SESSIONS, sessions=True)
         out["latency"] = {
             "original_ms": 1e3 * med["original"], "optimized_ms": 1e3 * med["optimized"],
             "ratio": med["optimized"] / med["original"], "batch": batch, "threads": o["threads"], "rounds": o["latency_rounds"],
-            # the ratio of the fastest runs, as the --target-latency search measures (robust to a busy machine)
+            # the ratio of the fastest runs in the slowest of SESSIONS fresh sessions, as the --target-latency search
+            # measures (robust to a busy machine and to a session's own speed)
             "ratio_fastest": fastest, "ratio_fastest_margin": margin, "other_cores": load.get("other_cores"),
         }
     return out

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from dfc.measure.latency import SESSIONS
+
 
 def human(n: float, unit: str = "") -> str:
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -89,7 +91,7 @@ def _target_lines(report: dict) -> list[str]:
     verdict = "MISSED" if not t["met"] else "landed" if t.get("landed", True) else "met, below the band"
     final = "not measured" if t["final"] is None else f"{t['final']:.3f}x ({verdict})"
     if t.get("final_median") is not None:
-        final += f" by the fastest runs, {t['final_median']:.3f}x by medians"
+        final += f" by the fastest runs (slowest of {SESSIONS} fresh sessions), {t['final_median']:.3f}x by medians"
     band = t.get("band") or [t["ratio"], t["ratio"]]
     line = f"target {t['kind']} <= {t['ratio']:g}x (band {band[0]:.3g}-{band[1]:g}x): output {final}"
     if searched:
@@ -177,7 +179,9 @@ def _inverter_lines(passes: dict) -> list[str]:
     if ft and "kl_before" in ft:
         out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
                    f"({ft['blocks']} blocks{_blocks_kept(ft)}){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
-                   f"{ft['batch']}, lr {_lr_text(ft)}, {ft['device']}: output KL to the float model on the samples "
+                   f"{ft['batch']}, lr {_lr_text(ft)}"
+                   + (f", {ft['disagreement']:g} of each batch from the disagreement pool" if ft.get("disagreement") else "")
+                   + f", {ft['device']}: output KL to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
                    + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted{_speed_text(ft)}, took "
                       f"{ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")

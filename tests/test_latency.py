@@ -83,3 +83,25 @@ def test_a_size_target_sizes_layers_the_quantize_pass_leaves_float_at_32_bits():
     model = helper.make_model(helper.make_graph(nodes, "g", [], []))
     assert bits_as_written(model, {"int8_conv": 8, "float_conv": 8, "absent": 4}) == {
         "int8_conv": 8, "float_conv": 32, "absent": 4}
+
+
+def test_sessions_are_created_afresh_for_each_group_and_the_slowest_group_counts(monkeypatch):
+    made: list = []
+    log: list = []
+
+    def make(m, threads, spinning):
+        made.append(m)
+        return _Session(m, log)
+
+    monkeypatch.setattr(runtime, "make_session", make)
+    monkeypatch.setattr(runtime, "fixed_batch", lambda s: None)
+    samples: dict = {}
+    latency.median_latencies({"a": "a", "b": "b"}, np.zeros((2, 1), np.float32), rounds=8, warmup=2, sessions=4,
+                             samples=samples)
+    assert made == ["a", "b"] * 4  # one pair per group of 2 rounds
+    assert len(samples["a"]) == 8 and log.count("a") == 2 + 3 * 1 + 8  # warm-up 2 runs, then 1 per fresh pair
+    ref = [1.0] * 8
+    regimes = [0.40, 0.40, 0.42, 0.42, 0.40, 0.40, 0.42, 0.42]  # a file whose sessions run in two speeds
+    ratio, margin = latency.fastest_ratio(regimes, ref, 4, sessions=True)
+    assert ratio == 0.42 and margin > 0
+    assert latency.fastest_ratio(regimes, ref, 4)[0] == 0.40  # across sessions, the minimum is the fast regime's

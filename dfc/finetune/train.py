@@ -53,8 +53,8 @@ class FinetuneConfig:
     kd_beta: float = 1.0  # weight of the block-output term IQ (smooth-L1, summed over blocks)
     mixup: float = 1.0  # Beta(a, a) of MixUp's λ; 0 turns MixUp off
     # kd: share of each batch drawn from inputs moved up the kd loss (`dfc.finetune.hard_samples`), and their step in
-    # units of the samples' per-channel std; 0: off
-    hard_share: float = 0.0
+    # units of the samples' per-channel std; 0 or None: off (the `finetune` pass turns it on for BN-less models)
+    hard_share: float | None = None
     hard_step: float = 0.05
     # blocks: adaround (learned rounding, constant lr as in AdaRound) | ste (latent weights: lower loss on the samples,
     # but it overfits them: ResNet-20 W4A4 300 steps 89.77 top-1 vs adaround 90.46); kd always trains latent weights
@@ -209,7 +209,7 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
               (scales, cfg.scale_lr)]
     opt = torch.optim.Adam([{"params": p, "lr": r, "base": r} for p, r in groups if p])
     beta_dist = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup > 0 else None
-    pool = DisagreementPool(x, cfg.hard_share, cfg.hard_step, gen) if cfg.hard_share > 0 else None
+    pool = DisagreementPool(x, cfg.hard_share, cfg.hard_step, gen) if cfg.hard_share else None
     first = last = None
     bar = progress_bar(range(steps), desc="finetune kd")
     for step in bar:
@@ -442,7 +442,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     info = {
         "method": cfg.method, "steps": int(steps), "samples": int(len(x)), "batch": cfg.batch,
         "lr": cfg.lr or DEFAULT_LR[cfg.method], "step_lr": (cfg.step_lr or DEFAULT_STEP_LR) if in_steps else None,
-        "blocks": len(blocks), "device": str(device),
+        "blocks": len(blocks), "device": str(device), "disagreement": float(cfg.hard_share or 0.0) if cfg.method == "kd" else None,
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
         "seconds": round(time.perf_counter() - t0, 1),
