@@ -237,7 +237,7 @@ def _input_channels(model: onnx.ModelProto) -> int | None:
 def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context, o: dict) -> dict:
     """Fidelity on a Gaussian probe batch and the ORT latency ratio, both against the original."""
     from dfc.graph import ir
-    from dfc.measure.latency import BUSY_CORES, SESSIONS, fastest_ratio, median_latencies
+    from dfc.measure.latency import BUSY_CORES, fastest_ratio, median_latencies, session_groups
     from dfc.measure.validation import output_fidelity, outputs_of
 
     try:
@@ -256,16 +256,19 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
         load: dict = {}
         med, batch = median_latencies({"original": original, "optimized": optimized}, x, threads=o["threads"],
                                       rounds=o["latency_rounds"], progress="latency", samples=rounds, load=load,
-                                      sessions=SESSIONS)
+                                      sessions=session_groups(o["latency_rounds"]))
         if (load.get("other_cores") or 0.0) > BUSY_CORES:
             ctx.note(f"latency: other processes held {load['other_cores']:.2g} cores while it was timed; the ratio "
                      "is uncertain: time it again on a quiet machine")
-        fastest, margin = fastest_ratio(rounds["optimized"], rounds["original"], SESSIONS, sessions=True)
+        groups = session_groups(o["latency_rounds"])
+        fastest, margin = fastest_ratio(rounds["optimized"], rounds["original"], groups if groups > 1 else 4,
+                                        sessions=groups > 1)
         out["latency"] = {
             "original_ms": 1e3 * med["original"], "optimized_ms": 1e3 * med["optimized"],
             "ratio": med["optimized"] / med["original"], "batch": batch, "threads": o["threads"], "rounds": o["latency_rounds"],
-            # the ratio of the fastest runs in the slowest of SESSIONS fresh sessions, as the --target-latency search
+            # the ratio of the fastest runs in the slowest of the fresh-session groups, as the --target-latency search
             # measures (robust to a busy machine and to a session's own speed)
-            "ratio_fastest": fastest, "ratio_fastest_margin": margin, "other_cores": load.get("other_cores"),
+            "ratio_fastest": fastest, "ratio_fastest_margin": margin, "sessions": groups,
+            "other_cores": load.get("other_cores"),
         }
     return out

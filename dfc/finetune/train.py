@@ -52,8 +52,8 @@ class FinetuneConfig:
     kd_alpha: float = 1.0
     kd_beta: float = 1.0  # weight of the block-output term IQ (smooth-L1, summed over blocks)
     mixup: float = 1.0  # Beta(a, a) of MixUp's λ; 0 turns MixUp off
-    # kd: share of each batch drawn from inputs moved up the kd loss (`dfc.finetune.hard_samples`), and their step in
-    # units of the samples' per-channel std; 0 or None: off (the `finetune` pass turns it on for BN-less models)
+    # kd: share of each batch from inputs moved up the kd loss (`dfc.finetune.hard_samples`), their step in units of
+    # the samples' per-channel std; 0 or None: off (the `finetune` pass turns it on for BN-less models)
     hard_share: float | None = None
     hard_step: float = 0.05
     # blocks: adaround (learned rounding, constant lr as in AdaRound) | ste (latent weights: lower loss on the samples,
@@ -64,14 +64,10 @@ class FinetuneConfig:
     float_lr: float = 1e-4  # blocks: Adam's step on a float student's weights (pruned, --no-quant); lr is for roundings
     act_scales: bool = False  # learn the activation quantizers' scales too (LSQ); measured worse at block level
     scale_lr: float = 1e-3  # Adam's step on log s
-    # default steps: about this many seconds of training, predicted from the graph and a few timed passes
-    # (`dfc.finetune.train_cost`). 8 minutes: the step counts the 300 s of the 2-core reference gave (ResNet-56 W8A8
-    # kd ≈ 1400 steps, EfficientNet-Lite0 ≈ 100) on the 1.5-1.7× slower CPUs the README's rows were measured on,
-    # which then took 450-520 s; the whole runs stay within 15 minutes on 2 cores
+    # seconds of training the default steps fill, predicted from the graph times `speed` (`dfc.finetune.train_cost`);
+    # 480: the steps the README's rows were measured at on these 2-core CPUs (300 s of the reference took 450-520 s)
     time_budget_s: float = 480.0
-    # the step-time model's factor for this machine: None measures it on a few of the run's own kd passes
-    # (`dfc.finetune.train_cost.measured_speed`); 1.0 is the 2-core reference the model was fitted on
-    speed: float | None = None
+    speed: float | None = None  # the model's factor for this machine; None: measured on the run's own kd passes
     # train at a smaller input (`dfc.synth.resolution`), for a model that runs at any size: None: where a sample costs
     # about `train_macs` (the inverter's rule; the CIFAR ResNets stay at 32²); 0: the input size; else this side
     size: int | None = None
@@ -396,11 +392,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
     area = area_ratio(low, shape)
     s_cost, t_cost = pass_cost(model, student, x_low[:1], area), pass_cost(teacher_model, teacher, x_low[:1], area)
-    speed = cfg.speed
-    if speed is None and cfg.steps is None:
-        probe = x_low[torch.arange(cfg.batch) % len(x_low)]
-        speed = measured_speed(student, teacher, probe, step_seconds("kd", s_cost, t_cost, cfg.batch))
-    speed = speed or 1.0
+    speed = cfg.speed or (measured_speed(student, teacher, x_low, cfg.batch, s_cost, t_cost) if cfg.steps is None else 1.0)
     full_s = 0.0
     if full_steps:
         full_s = speed * full_steps * step_seconds(cfg.method, pass_cost(model, student, xt[:1]),
@@ -442,12 +434,14 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     info = {
         "method": cfg.method, "steps": int(steps), "samples": int(len(x)), "batch": cfg.batch,
         "lr": cfg.lr or DEFAULT_LR[cfg.method], "step_lr": (cfg.step_lr or DEFAULT_STEP_LR) if in_steps else None,
-        "blocks": len(blocks), "device": str(device), "disagreement": float(cfg.hard_share or 0.0) if cfg.method == "kd" else None,
+        "blocks": len(blocks), "device": str(device),
+        "disagreement": float(cfg.hard_share or 0.0) if cfg.method == "kd" else None,
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
         "seconds": round(time.perf_counter() - t0, 1),
         "predicted_seconds": float(f"{predicted:.3g}") if cfg.steps is None else None,
-        "speed": round(speed, 3) if cfg.steps is None else None, "kept": kept, "phases": phases, "input_shape": list(shape),
+        "speed": round(speed, 3) if cfg.steps is None else None,
+        "kept": kept, "phases": phases, "input_shape": list(shape),
         **trace,
     }
     return (model if kept == "input" else student.export(model)), info

@@ -88,10 +88,12 @@ def default_steps(method: str, student: PassCost, teacher: PassCost, batch: int,
     return int(np.clip(budget_s / per_step, lo, hi))
 
 
-def measured_speed(student: TorchGraph, teacher: TorchGraph, x: torch.Tensor, predicted_s: float,
-                   repeats: int = 3) -> float:
-    """This machine's seconds for a kd step's passes on the batch `x` (student forward and backward, teacher
-    forward; the fastest of `repeats` after one warm-up) over `predicted_s`, their prediction."""
+def measured_speed(student: TorchGraph, teacher: TorchGraph, samples: torch.Tensor, batch: int, s_cost: PassCost,
+                   t_cost: PassCost, repeats: int = 3) -> float:
+    """This machine's seconds for a kd step's passes on a batch of `samples` (student forward and backward, teacher
+    forward; the fastest of `repeats` after one warm-up) over their prediction `step_seconds("kd", ...)`."""
+    x = samples[torch.arange(batch) % len(samples)]
+    predicted_s = step_seconds("kd", s_cost, t_cost, batch)
     cuda = x.device.type == "cuda"
     times = []
     for _ in range(repeats + 1):

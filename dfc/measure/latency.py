@@ -73,8 +73,15 @@ def median_latencies(
     return {k: float(np.median(v)) for k, v in times.items()}, int(len(x))
 
 
-# fresh sessions per timing of a latency target (the search's rounds and the report's check; module doc)
-SESSIONS = 4
+# fresh sessions per timing of a latency target (the search's rounds and the report's check; module doc), each
+# timing at least ROUNDS_PER_SESSION rounds: the slowest of groups of 2-3 rounds read ResNet-20 0.321 where 6
+# separate sessions of 15 rounds read 0.279-0.293
+SESSIONS, ROUNDS_PER_SESSION = 4, 5
+
+
+def session_groups(rounds: int) -> int:
+    """How many fresh-session groups a timing of `rounds` rounds is split into."""
+    return max(1, min(SESSIONS, rounds // ROUNDS_PER_SESSION))
 
 # other processes holding more than this many cores during a timing make it uncertain (2 cores, one kept busy:
 # ResNet-56 pruned to 7 branches measured 0.78x where it runs at 0.55x)

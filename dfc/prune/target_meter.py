@@ -86,7 +86,7 @@ class TargetMeter:
             return self.layer_total(graph) / self.reference
         if self.kind == "size":
             return float(self._shipped(self.variant(graph), ctx or self.ctx).ByteSize()) / self.reference
-        from dfc.measure.latency import BUSY_CORES, SESSIONS, fastest_ratio
+        from dfc.measure.latency import BUSY_CORES, fastest_ratio, session_groups
 
         models = {"original": self.timed_original, "pruned": self.variant(graph)}
         best = None
@@ -96,7 +96,8 @@ class TargetMeter:
             self._time(models, rounds, load)
             busy = load.get("other_cores") or 0.0
             if best is None or busy < best[0]:
-                best = (busy, *fastest_ratio(rounds["pruned"], rounds["original"], SESSIONS, sessions=True))
+                best = (busy, *fastest_ratio(rounds["pruned"], rounds["original"], session_groups(self.rounds),
+                                             sessions=True))
             if busy <= BUSY_CORES or wait is None:
                 break
             time.sleep(wait)
@@ -130,10 +131,10 @@ class TargetMeter:
         return out
 
     def _time(self, models: dict, samples: dict | None = None, load: dict | None = None) -> dict:
-        from dfc.measure.latency import SESSIONS, median_latencies
+        from dfc.measure.latency import median_latencies, session_groups
 
         return median_latencies(models, self.x, threads=self.threads, rounds=self.rounds, samples=samples,
-                                load=load, sessions=SESSIONS)[0]
+                                load=load, sessions=session_groups(self.rounds))[0]
 
 
 def bits_as_written(model: onnx.ModelProto, bits: dict[str, int]) -> dict[str, int]:
