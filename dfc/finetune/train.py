@@ -52,10 +52,8 @@ class FinetuneConfig:
     kd_alpha: float = 1.0
     kd_beta: float = 1.0  # weight of the block-output term IQ (smooth-L1, summed over blocks)
     mixup: float = 1.0  # Beta(a, a) of MixUp's λ; 0 turns MixUp off
-    # kd: share of each batch from inputs moved up the kd loss (`dfc.finetune.hard_samples`), their step in units of
-    # the samples' per-channel std; 0 or None: off (the `finetune` pass turns it on for BN-less models)
-    hard_share: float | None = None
-    hard_step: float = 0.05
+    hard_share: float | None = None  # kd: batch share from `dfc.finetune.hard_samples`' pool; 0/None off (pass sets it)
+    hard_step: float = 0.05  # the pool's step, in units of the samples' per-channel std
     # blocks: adaround (learned rounding, constant lr as in AdaRound) | ste (latent weights: lower loss on the samples,
     # but it overfits them: ResNet-20 W4A4 300 steps 89.77 top-1 vs adaround 90.46); kd always trains latent weights
     rounding: str = "adaround"
@@ -362,6 +360,21 @@ def is_pruned(model: onnx.ModelProto, teacher_model: onnx.ModelProto) -> bool:
     return model_summary(model)["weight_params"] < model_summary(teacher_model)["weight_params"]
 
 
+def _planned_steps(cfg: FinetuneConfig, student: tuple, teacher: tuple, x_low: torch.Tensor, xt: torch.Tensor,
+                   full_steps: int, area: float) -> tuple[int, float, float]:
+    """(steps, predicted seconds, speed factor): `cfg.steps`, or what fills `cfg.time_budget_s` at the predicted step
+    time (`dfc.finetune.train_cost`) less the full-size phase; `student`/`teacher`: (model, graph)."""
+    (s_model, s_graph), (t_model, t_graph) = student, teacher
+    s_cost, t_cost = pass_cost(s_model, s_graph, x_low[:1], area), pass_cost(t_model, t_graph, x_low[:1], area)
+    speed = cfg.speed or (measured_speed(s_graph, t_graph, x_low, cfg.batch, s_cost, t_cost) if cfg.steps is None else 1.0)
+    full_s = speed * full_steps * step_seconds(cfg.method, pass_cost(s_model, s_graph, xt[:1]), pass_cost(
+        t_model, t_graph, xt[:1]), cfg.batch) if full_steps else 0.0
+    steps = cfg.steps if cfg.steps is not None else default_steps(
+        cfg.method, s_cost, t_cost, cfg.batch, max(cfg.time_budget_s - full_s, 0.0) / speed,
+        MIN_STEPS[cfg.method], MAX_STEPS[cfg.method])
+    return steps, speed * steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch) + full_s, speed
+
+
 def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarray, cfg: FinetuneConfig,
              float_model: onnx.ModelProto | None = None, latents: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `model` (QDQ or float) towards `teacher_model` on samples `x`; returns (model, info).
@@ -390,19 +403,8 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     low = runnable_reduced_shape(teacher_model, (student, teacher), shape, cfg.train_macs, cfg.size, device)
     x_low = resized(xt, low)
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
-    area = area_ratio(low, shape)
-    s_cost, t_cost = pass_cost(model, student, x_low[:1], area), pass_cost(teacher_model, teacher, x_low[:1], area)
-    speed = cfg.speed or (measured_speed(student, teacher, x_low, cfg.batch, s_cost, t_cost) if cfg.steps is None else 1.0)
-    full_s = 0.0
-    if full_steps:
-        full_s = speed * full_steps * step_seconds(cfg.method, pass_cost(model, student, xt[:1]),
-                                                   pass_cost(teacher_model, teacher, xt[:1]), cfg.batch)
-    if cfg.steps is not None:
-        steps = cfg.steps
-    else:
-        steps = default_steps(cfg.method, s_cost, t_cost, cfg.batch, max(cfg.time_budget_s - full_s, 0.0) / speed,
-                              MIN_STEPS[cfg.method], MAX_STEPS[cfg.method])
-    predicted = speed * steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch) + full_s
+    steps, predicted, speed = _planned_steps(cfg, (model, student), (teacher_model, teacher), x_low, xt, full_steps,
+                                             area_ratio(low, shape))
     # kd counts the quantized weights' steps in quantization steps where rounding is all that separates them from the
     # teacher; a pruned student (fewer weights) has further to go: all its parameters move at the absolute lr
     in_steps = (cfg.method == "kd" and any(in_quant_steps(m) for m in student.tensors.values())
