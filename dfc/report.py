@@ -178,7 +178,8 @@ def _inverter_lines(passes: dict) -> list[str]:
         out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
                    f"({ft['blocks']} blocks{_blocks_kept(ft)}){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
                    f"{ft['batch']}, lr {_lr_text(ft)}"
-                   + (f", {ft['disagreement']:g} of each batch from the disagreement pool" if ft.get("disagreement") else "")
+                   + (f", {ft['disagreement']:g} of each batch from the disagreement pool"
+                      if ft.get("disagreement") else "")
                    + f", {ft['device']}: output KL to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
                    + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted{_speed_text(ft)}, took "

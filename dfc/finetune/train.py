@@ -366,7 +366,8 @@ def _planned_steps(cfg: FinetuneConfig, student: tuple, teacher: tuple, x_low: t
     time (`dfc.finetune.train_cost`) less the full-size phase; `student`/`teacher`: (model, graph)."""
     (s_model, s_graph), (t_model, t_graph) = student, teacher
     s_cost, t_cost = pass_cost(s_model, s_graph, x_low[:1], area), pass_cost(t_model, t_graph, x_low[:1], area)
-    speed = cfg.speed or (measured_speed(s_graph, t_graph, x_low, cfg.batch, s_cost, t_cost) if cfg.steps is None else 1.0)
+    measure = cfg.steps is None and not cfg.speed
+    speed = measured_speed(s_graph, t_graph, x_low, cfg.batch, s_cost, t_cost) if measure else (cfg.speed or 1.0)
     full_s = speed * full_steps * step_seconds(cfg.method, pass_cost(s_model, s_graph, xt[:1]), pass_cost(
         t_model, t_graph, xt[:1]), cfg.batch) if full_steps else 0.0
     steps = cfg.steps if cfg.steps is not None else default_steps(

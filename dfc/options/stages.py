@@ -123,8 +123,8 @@ class FinetuneOptions:
                                "(knowledge distillation, The Knowledge Within Alg. 2) or blocks (block-wise "
                                "reconstruction, BRECQ/AdaRound)", choices=FINETUNE_METHODS, cli=str)
     finetune_time: float | None = opt(None, "seconds of fine-tuning the default steps fill, predicted from the graph "
-                                      "and a few steps timed on this machine (default 480; not with --finetune-steps)", rule="positive",
-                                      cli=float, metavar="S")
+                                      "and a few steps timed on this machine (default 480; not with --finetune-steps)",
+                                      rule="positive", cli=float, metavar="S")
     finetune_steps: int | None = opt(None, "fine-tuning steps (kd: in all; blocks: per block; default: from the "
                                      "--finetune-time budget)", rule="int_ge_0", cli=int, advanced=True)
     finetune_batch: int = opt(32, "fine-tuning batch size", rule="int_ge_1", cli=int, advanced=True)
