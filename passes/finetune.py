@@ -26,11 +26,6 @@ from dfc.finetune.train import FinetuneConfig, finetune, is_pruned
 from dfc.pipeline import Context, Pass, register
 
 PRUNED_FLOAT = "pruned-float"  # train a pruned graph in float, before quantization
-# kd's disagreement pool (`dfc.finetune.hard_samples`) for a model without BN statistics, whose samples match none of
-# the data's activation statistics (BN-folded ResNet-56 W4A4, the same 256 inception samples and 1131 steps: 87.32 ->
-# 88.89; ResNet-20: 87.02 -> 87.32). With BNS samples it measured level (ResNet-56 0.6x float, 13 branches removed:
-# 88.89 -> 89.09), so there it stays off unless asked for.
-DISAGREEMENT_WITHOUT_BN = 0.5
 
 
 @register
@@ -73,8 +68,6 @@ class Finetune(Pass):
         self.skipped = False
         x, source = self._samples(graph, ctx)
         cfg = FinetuneConfig(**{f.name: o[f.name] for f in fields(FinetuneConfig)})
-        if cfg.hard_share is None:
-            cfg.hard_share = DISAGREEMENT_WITHOUT_BN if not ctx.bn_stats_found else 0.0
         tuned, info = finetune(model, teacher, x, cfg, float_model=ctx.snapshots.get(o["float"]),
                                latents=ctx.weight_latents)
         info["samples_source"] = source

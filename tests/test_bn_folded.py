@@ -100,13 +100,11 @@ def test_noise_sources_need_no_synthesis(calib):
     assert "synthesize" not in report["passes"] and report["passes"]["quantize"]["calibration"] == calib
 
 
-def test_kd_draws_from_the_disagreement_pool_by_default_only_without_bn_statistics():
+def test_the_disagreement_pool_is_off_unless_asked_for_and_then_reported():
     opts = dict(FAST, wbits=4, abits=4, finetune="kd", finetune_steps=4, finetune_batch=8, measure=False)
     folded = optimize_with_report(_folded(), **opts)[1]
-    kept = optimize_with_report(conv_bn_relu_cnn(0), **opts)[1]
-    assert folded["passes"]["finetune"]["disagreement"] == 0.5
-    assert kept["passes"]["finetune"]["disagreement"] == 0.0
-    asked = optimize_with_report(conv_bn_relu_cnn(0), **opts, finetune_disagreement=0.25)[1]
+    assert folded["passes"]["finetune"]["disagreement"] == 0.0
+    assert "disagreement pool" not in summary_table(folded)
+    asked = optimize_with_report(_folded(), **opts, finetune_disagreement=0.25)[1]
     assert asked["passes"]["finetune"]["disagreement"] == 0.25
     assert "0.25 of each batch from the disagreement pool" in summary_table(asked)
-    assert "disagreement pool" not in summary_table(kept)

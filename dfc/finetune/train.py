@@ -52,7 +52,7 @@ class FinetuneConfig:
     kd_alpha: float = 1.0
     kd_beta: float = 1.0  # weight of the block-output term IQ (smooth-L1, summed over blocks)
     mixup: float = 1.0  # Beta(a, a) of MixUp's λ; 0 turns MixUp off
-    hard_share: float | None = None  # kd: batch share from `dfc.finetune.hard_samples`' pool; 0/None off (pass sets it)
+    hard_share: float | None = None  # kd: batch share from `dfc.finetune.hard_samples`' pool; 0/None: off (default)
     hard_step: float = 0.05  # the pool's step, in units of the samples' per-channel std
     # blocks: adaround (learned rounding, constant lr as in AdaRound) | ste (latent weights: lower loss on the samples,
     # but it overfits them: ResNet-20 W4A4 300 steps 89.77 top-1 vs adaround 90.46); kd always trains latent weights

@@ -133,8 +133,8 @@ class FinetuneOptions:
     finetune_step_lr: float | None = opt(None, "kd: Adam's step on quantized weights, in units of each channel's "
                                          "quantization step (default 0.01)", rule="positive", cli=float, advanced=True)
     finetune_disagreement: float | None = opt(None, "kd: share of each batch drawn from samples moved toward where "
-                                              "the student disagrees with the teacher (default: 0.5 for a model "
-                                              "without BN statistics, else 0)",
+                                              "the student disagrees with the teacher (default 0: off; measured "
+                                              "level with kd alone, docs/methods.md)",
                                               rule="ratio_below_1", cli=float, advanced=True)
     finetune_size: int | None = opt(None, "train at this image side, then run at the input size (default: for a "
                                     "large input of a model that runs at any size, the side at which a sample costs "
