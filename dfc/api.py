@@ -81,7 +81,7 @@ def _finetune_pass(o: dict, stage: str | None = None):
                     samples=o["calib_data"], time_budget_s=float(o["finetune_time"] or FinetuneConfig.time_budget_s),
                     gaussian_samples=int(o["calib_samples"] or GAUSSIAN_SAMPLES), stage=stage, size=o["finetune_size"],
                     full_steps=int(o["finetune_full_steps"]),
-                    hard_share=o["finetune_disagreement"])
+                    hard_share=float(o["finetune_disagreement"] or 0.0))
 
 
 def optimize_with_report(model_or_path, **options) -> tuple[onnx.ModelProto, dict]:
@@ -254,13 +254,13 @@ def measure(original: onnx.ModelProto, optimized: onnx.ModelProto, ctx: Context,
     if o["latency_rounds"] > 0:
         rounds: dict = {}
         load: dict = {}
+        groups = session_groups(o["latency_rounds"])
         med, batch = median_latencies({"original": original, "optimized": optimized}, x, threads=o["threads"],
                                       rounds=o["latency_rounds"], progress="latency", samples=rounds, load=load,
-                                      sessions=session_groups(o["latency_rounds"]))
+                                      sessions=groups)
         if (load.get("other_cores") or 0.0) > BUSY_CORES:
             ctx.note(f"latency: other processes held {load['other_cores']:.2g} cores while it was timed; the ratio "
                      "is uncertain: time it again on a quiet machine")
-        groups = session_groups(o["latency_rounds"])
         fastest, margin = fastest_ratio(rounds["optimized"], rounds["original"], groups if groups > 1 else 4,
                                         sessions=groups > 1)
         out["latency"] = {

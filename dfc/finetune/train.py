@@ -52,7 +52,7 @@ class FinetuneConfig:
     kd_alpha: float = 1.0
     kd_beta: float = 1.0  # weight of the block-output term IQ (smooth-L1, summed over blocks)
     mixup: float = 1.0  # Beta(a, a) of MixUp's λ; 0 turns MixUp off
-    hard_share: float | None = None  # kd: batch share from `dfc.finetune.hard_samples`' pool; 0/None: off (default)
+    hard_share: float = 0.0  # kd: batch share from `dfc.finetune.hard_samples`' pool; 0: off (default)
     hard_step: float = 0.05  # the pool's step, in units of the samples' per-channel std
     # blocks: adaround (learned rounding, constant lr as in AdaRound) | ste (latent weights: lower loss on the samples,
     # but it overfits them: ResNet-20 W4A4 300 steps 89.77 top-1 vs adaround 90.46); kd always trains latent weights
@@ -438,7 +438,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         "method": cfg.method, "steps": int(steps), "samples": int(len(x)), "batch": cfg.batch,
         "lr": cfg.lr or DEFAULT_LR[cfg.method], "step_lr": (cfg.step_lr or DEFAULT_STEP_LR) if in_steps else None,
         "blocks": len(blocks), "device": str(device),
-        "disagreement": float(cfg.hard_share or 0.0) if cfg.method == "kd" else None,
+        "disagreement": float(cfg.hard_share) if cfg.method == "kd" else None,
         "learned_act_scales": len(student.act_scales),
         "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
         "seconds": round(time.perf_counter() - t0, 1),
