@@ -32,3 +32,10 @@ def manual_bar(desc: str | None, total: int | None = None, **kw):
     if desc is None or not _enabled:
         return _NoBar()
     return tqdm(desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)
+
+
+def retotal(bar, total: int) -> None:
+    """Set the length of a `manual_bar` whose loop was re-planned (`dfc.finetune.step_clock`)."""
+    if isinstance(bar, tqdm) and bar.total != total:
+        bar.total = total
+        bar.refresh()

@@ -182,8 +182,8 @@ def _inverter_lines(passes: dict) -> list[str]:
                       if ft.get("disagreement") else "")
                    + f", {ft['device']}: output KL to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
-                   + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted{_speed_text(ft)}, took "
-                      f"{ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")
+                   + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted{_speed_text(ft)}"
+                      f"{_replanned_text(ft)}, took {ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")
                    + ("; not kept (the KL rose): the model before fine-tuning is written" if ft.get("kept") == "input" else ""))
         phases = ft.get("phases") or []
         if phases and (len(phases) > 1 or ft.get("input_shape") not in (None, phases[0]["shape"])):
@@ -226,6 +226,12 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def _replanned_text(ft: dict) -> str:
+    """', re-planned from N steps by the measured step time' where `dfc.finetune.step_clock` moved the plan."""
+    planned = ft.get("planned_steps")
+    return f", re-planned from {planned} steps by the measured step time" if planned not in (None, ft["steps"]) else ""
 
 
 def _speed_text(ft: dict) -> str:

@@ -69,4 +69,43 @@ def test_default_steps_follow_this_machines_measured_speed():
     assert slow["predicted_seconds"] == pytest.approx(budget, rel=0.02)
     _, measured = finetune(qdq, teacher, x, FinetuneConfig(method="kd", batch=4, time_budget_s=budget))
     expected = int(np.clip(400 / measured["speed"], MIN_STEPS["kd"], MAX_STEPS["kd"]))
-    assert measured["speed"] > 0 and abs(measured["steps"] - expected) <= 1
+    assert measured["speed"] > 0 and abs(measured["planned_steps"] - expected) <= 1
+
+
+def test_step_clock_replans_the_steps_left_from_the_measured_rate(monkeypatch):
+    from dfc.finetune import step_clock
+
+    now = [100.0]
+    monkeypatch.setattr(step_clock.time, "perf_counter", lambda: now[0])
+    clock = step_clock.StepClock(100.0, lo=10, hi=1000)  # deadline at 200
+    assert clock.steps(50) == 50  # nothing timed yet: the plan stands
+    clock.mark()
+    now[0] += 20.0
+    clock.add(10)  # 2 s a unit; 80 s left
+    assert clock.steps(50, done=10) == 10 + 40
+    assert clock.steps(50, done=10, units_per_step=4.0) == 10 + 10  # steps four times as costly: a quarter as many
+    now[0] = 199.0
+    assert clock.steps(50, done=10) == 10  # out of time: never fewer than done (nor lo)
+    fixed = step_clock.StepClock(None, lo=10, hi=1000)
+    fixed.mark()
+    fixed.add(5)
+    assert fixed.steps(50, done=5) == 50  # steps set by the user are never re-planned
+
+
+@pytest.mark.parametrize("method", ["kd", "blocks"])
+def test_a_budgeted_run_keeps_its_budget_when_the_prediction_under_reads(monkeypatch, method):
+    """The probe's factor made 10× too small: the plan is 10× too long; the clock brings the run back to its budget."""
+    from dfc.finetune import train
+
+    model = conv_bn_relu_cnn()
+    teacher = PassManager(["cleanup", "fold-bn"]).run(model, Context())
+    qdq = api.optimize(model, calib="gaussian", measure=False)
+    x = rand((16, 3, 8, 8), seed=1)
+    monkeypatch.setattr(train, "measured_speed", lambda *a, **k: 1.0)
+    _, ref = finetune(qdq, teacher, x, FinetuneConfig(method=method, batch=4, time_budget_s=1e-3))
+    per_step = ref["seconds"] / ref["steps"]  # this machine's step, measured
+    budget = 300 * per_step
+    monkeypatch.setattr(train, "measured_speed", lambda *a, **k: 0.1 * per_step * ref["steps"] / ref["predicted_seconds"])
+    _, info = finetune(qdq, teacher, x, FinetuneConfig(method=method, batch=4, time_budget_s=budget))
+    assert info["planned_steps"] >= 5 * info["steps"]  # planned 10× too many, re-planned to what fits
+    assert info["seconds"] < 2.0 * budget

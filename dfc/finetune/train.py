@@ -6,10 +6,10 @@
   teacher and student see the same mixed input, the teacher's outputs are not mixed); Adam with linear warm-up and
   cosine decay. A quantized student of the teacher's architecture moves its int8-coded weights in quantization steps
   (per channel lr c·s): one absolute lr is 0.02 steps of a 4-bit weight and 0.26 of an 8-bit one.
-- `reconstruct_blocks` (BRECQ, Li et al. 2021, with AdaRound's learned rounding, Nagel et al. 2020): block by block
-  in graph order, min ‖block_q(x_q) − block(x)‖² + λ·Σ(1 − |2h − 1|^β) (β annealed 20 → 2 after a 20 % warm-up)
-  over the block's weight roundings and biases (and, for a float student, its kept weights), x_q the inputs that the
-  already-reconstructed blocks give, block(x) the teacher's tensor at the block's output.
+- `reconstruct_blocks` (`dfc.finetune.block_reconstruction`): BRECQ with AdaRound's learned rounding, block by
+  block in graph order.
+- A budgeted run keeps its budget: the steps are planned from the graph's cost model times the measured speed of a
+  few kd passes (`dfc.finetune.train_cost`), then re-planned from the run's own step time (`dfc.finetune.step_clock`).
 
 Blocks are the graph's single-tensor cuts: a point in the topological order where one tensor alone carries
 everything later nodes read (a residual block's output; in a plain chain every layer). In a QDQ graph the cuts are
@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from dfc.errors import DfcError
-from dfc.progress import progress_bar
+from dfc.progress import manual_bar, retotal
 from dfc.finetune.hard_samples import DisagreementPool
 from dfc.finetune.student import WEIGHTED, QuantizedTensor, Student
 from dfc.synth.torch_exec import TorchGraph
-from dfc.finetune.train_cost import default_steps, measured_speed, pass_cost, step_seconds
+from dfc.finetune.block_reconstruction import reconstruct_blocks
+from dfc.finetune.step_clock import StepClock, replan_points
+from dfc.finetune.train_cost import default_steps, measured_speed, node_costs, pass_cost, step_seconds, total_cost
 from dfc.synth.resolution import REDUCED_SIZE_MACS, area_ratio, resized, runnable_reduced_shape
 
 METHODS = ("kd", "blocks")
@@ -187,9 +189,10 @@ def output_kl(student: Student, teacher: TorchGraph, x: torch.Tensor, batch: int
 
 
 def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch.Tensor, cfg: FinetuneConfig,
-            steps: int, in_steps: bool = True) -> dict:
+            steps: int, in_steps: bool = True, clock: StepClock | None = None) -> dict:
     """The Knowledge Within, Algorithm 2 (module doc); with `in_steps` the int8-coded weights move in units of their
-    quantization step (`adam_step_in_quant_steps`). Returns the loss trace."""
+    quantization step (`adam_step_in_quant_steps`); `clock` re-plans `steps` at `replan_points` from the measured step
+    time. Returns the loss trace and the steps run."""
     from dfc.synth.inverter import augment
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -205,8 +208,9 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
     beta_dist = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup > 0 else None
     pool = DisagreementPool(x, cfg.hard_share, cfg.hard_step, gen) if cfg.hard_share else None
     first = last = None
-    bar = progress_bar(range(steps), desc="finetune kd")
-    for step in bar:
+    clock, marks, step = clock or StepClock(None, steps, steps), replan_points(steps), 0
+    bar = manual_bar("finetune kd", total=steps)
+    while step < steps:
         fresh, hard = pool.split(cfg.batch) if pool else (cfg.batch, 0)
         idx = torch.randint(len(x), (fresh,), generator=gen).to(x.device)
         xb = augment(x[idx], 1, gen)
@@ -233,9 +237,19 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
         v = float(loss.detach())
         first = v if first is None else first
         last = v if last is None else 0.9 * last + 0.1 * v
+        step += 1
+        if step == 1:
+            clock.mark()
+        else:
+            clock.add()
+        if step in marks:
+            steps = clock.steps(steps, step)
+            retotal(bar, steps)
+        bar.update()
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{last:.4f}")
-    return {"train_loss_first": first, "train_loss_last": last}
+    bar.close()
+    return {"train_loss_first": first, "train_loss_last": last, "steps_run": step}
 
 
 def in_quant_steps(m: torch.nn.Module) -> bool:
@@ -253,105 +267,6 @@ def adam_step_in_quant_steps(opt: torch.optim.Optimizer, coded: list[QuantizedTe
             m.w.sub_(w0).mul_(m.scale).add_(w0)
 
 
-def _chunks(fn, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
-def reconstruct_blocks(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch.Tensor,
-                       cfg: FinetuneConfig, steps: int) -> dict:
-    """BRECQ with AdaRound (module doc): one block at a time, in order; a block whose reconstruction loss on the
-    samples ends above where it started (the annealed rounding hardened too early) keeps its starting weights and
-    roundings (EfficientNet-Lite0 W4A8 at 152 steps per block at 128²: 8 of 32 blocks). Returns {"block_trace": per-block losses before/after}."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    lr = cfg.lr or DEFAULT_LR["blocks"]
-    x_q = x
-    trace = []
-    bar = progress_bar(range(len(blocks) * steps), desc="finetune blocks")
-    it = iter(bar)
-    targets = TeacherTargets(teacher, x)
-    for k, b in enumerate(blocks):
-        target = targets.at(b.target)
-        run = lambda xi: student.run({b.input: xi}, b.start, b.stop)[b.output]  # noqa: E731
-        mods = student.modules_of(set(b.layers))
-        rounding = [m for m in mods if isinstance(m, QuantizedTensor) and m.learn_rounding]
-        params = [p for m in mods if isinstance(m, QuantizedTensor) for p in m.parameters()]
-        floats = [p for m in mods if not isinstance(m, QuantizedTensor) for p in m.parameters()]
-        scales = [p for m in student.act_scales_in(b.start, b.stop) for p in m.parameters()]
-        for p in student.parameters():
-            p.requires_grad_(False)
-        for p in params + scales + floats:
-            p.requires_grad_(True)
-        before = _block_loss(run, x_q, target)
-        start = [p.detach().clone() for p in params + scales + floats]
-        for m in rounding:
-            m.hard = False
-        groups = [(params, lr), (scales, cfg.scale_lr), (floats, cfg.float_lr)]
-        opt = torch.optim.Adam([{"params": p, "lr": r} for p, r in groups if p])
-        warm = int(0.2 * steps)
-        for step in range(steps):
-            idx = torch.randint(len(x_q), (cfg.batch,), generator=gen).to(x.device)
-            diff = run(x_q[idx]) - target[idx]
-            rec = diff.pow(2).sum(1).mean() if diff.dim() > 1 else diff.pow(2).mean()
-            loss = rec
-            if rounding and step >= warm:
-                beta = 2 + (20 - 2) * (1 - (step - warm) / max(1, steps - warm))
-                loss = loss + cfg.round_weight * sum(m.rounding_regularizer(beta) for m in rounding)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            next(it, None)
-            if hasattr(bar, "set_postfix") and step % 20 == 0:
-                bar.set_postfix(block=f"{k + 1}/{len(blocks)}", rec=f"{float(rec.detach()):.4f}")
-        for m in rounding:
-            m.hard = True
-        after = _block_loss(run, x_q, target)
-        kept = after <= before
-        if not kept:  # the hardened rounding ends worse than nearest: the block keeps what it started from
-            with torch.no_grad():
-                for p, p0 in zip(params + scales + floats, start):
-                    p.copy_(p0)
-            after = _block_loss(run, x_q, target)
-        trace.append({"output": b.output, "layers": len(b.layers), "loss_before": round(before, 6),
-                      "loss_after": round(after, 6), "kept": "trained" if kept else "input"})
-        x_q = _chunks(run, x_q)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    return {"block_trace": trace}
-
-
-class TeacherTargets:
-    """The teacher's tensors at the blocks' targets, in order, on all samples: each computed from the previous one
-    by the teacher's nodes in between (the targets are cuts of the teacher too), one pass over the teacher in all;
-    a full forward pass where that does not hold."""
-
-    def __init__(self, teacher: TorchGraph, x: torch.Tensor):
-        self.teacher, self.x = teacher, x
-        self.index = {t.name: i for i, n in enumerate(teacher.nodes) for t in n.outputs}
-        self.name, self.value, self.stop = teacher.input_names[0], x, 0
-
-    def at(self, name: str) -> torch.Tensor:
-        stop = self.index.get(name)
-        value = None
-        if stop is not None and stop >= self.stop:
-            try:
-                value = _chunks(lambda v: self.teacher.run({self.name: v}, self.stop, stop + 1)[name], self.value)
-            except KeyError:  # a node in between reads more than the previous target: not a cut of the teacher
-                value = None
-        if value is None:
-            self.teacher.watch = [name]
-            value = _chunks(lambda v: self.teacher(v)[1][name], self.x)
-        self.name, self.value, self.stop = name, value, (stop + 1 if stop is not None else len(self.teacher.nodes))
-        return value
-
-
-def _block_loss(run, x_q: torch.Tensor, target: torch.Tensor) -> float:
-    with torch.no_grad():
-        y = _chunks(run, x_q)
-        d = y - target
-        return float(d.pow(2).sum(1).mean() if d.dim() > 1 else d.pow(2).mean())
-
-
 def is_pruned(model: onnx.ModelProto, teacher_model: onnx.ModelProto) -> bool:
     """Whether `model` has fewer weights than the teacher (channels or residual branches removed): its student has
     an architecture gap to close, not only rounding."""
@@ -361,11 +276,12 @@ def is_pruned(model: onnx.ModelProto, teacher_model: onnx.ModelProto) -> bool:
 
 
 def _planned_steps(cfg: FinetuneConfig, student: tuple, teacher: tuple, x_low: torch.Tensor, xt: torch.Tensor,
-                   full_steps: int, area: float) -> tuple[int, float, float]:
-    """(steps, predicted seconds, speed factor): `cfg.steps`, or what fills `cfg.time_budget_s` at the predicted step
-    time (`dfc.finetune.train_cost`) less the full-size phase; `student`/`teacher`: (model, graph)."""
-    (s_model, s_graph), (t_model, t_graph) = student, teacher
-    s_cost, t_cost = pass_cost(s_model, s_graph, x_low[:1], area), pass_cost(t_model, t_graph, x_low[:1], area)
+                   full_steps: int, area: float) -> tuple[int, float, float, float]:
+    """(steps, predicted seconds, speed factor, predicted seconds of the full-size phase): `cfg.steps`, or what fills
+    `cfg.time_budget_s` at the predicted step time (`dfc.finetune.train_cost`) less the full-size phase;
+    `student`: (model, graph, its node costs), `teacher`: (model, graph)."""
+    (s_model, s_graph, s_nodes), (t_model, t_graph) = student, teacher
+    s_cost, t_cost = total_cost(s_nodes), pass_cost(t_model, t_graph, x_low[:1], area)
     measure = cfg.steps is None and not cfg.speed
     speed = measured_speed(s_graph, t_graph, x_low, cfg.batch, s_cost, t_cost) if measure else (cfg.speed or 1.0)
     full_s = speed * full_steps * step_seconds(cfg.method, pass_cost(s_model, s_graph, xt[:1]), pass_cost(
@@ -373,7 +289,30 @@ def _planned_steps(cfg: FinetuneConfig, student: tuple, teacher: tuple, x_low: t
     steps = cfg.steps if cfg.steps is not None else default_steps(
         cfg.method, s_cost, t_cost, cfg.batch, max(cfg.time_budget_s - full_s, 0.0) / speed,
         MIN_STEPS[cfg.method], MAX_STEPS[cfg.method])
-    return steps, speed * steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch) + full_s, speed
+    return steps, speed * steps * step_seconds(cfg.method, s_cost, t_cost, cfg.batch) + full_s, speed, full_s
+
+
+def _train_phases(student: Student, teacher: TorchGraph, blocks: list[Block], cfg: FinetuneConfig, plan: tuple,
+                  xt: torch.Tensor, in_steps: bool, clock: StepClock, s_nodes: list) -> tuple[dict, list[dict]]:
+    """Run each (samples, steps) phase of `plan` (the reduced size, then the input size `xt`), the first on `clock`;
+    returns the last trace and per phase its shape, steps run, seconds and output KL at the input size."""
+    trace, phases = {}, []
+    for x_phase, n in plan:
+        if n <= 0:
+            continue
+        t1 = time.perf_counter()
+        if cfg.method == "kd":
+            trace = distill(student, teacher, blocks, x_phase, cfg, n, in_steps, None if phases else clock)
+            n = trace.pop("steps_run")
+        else:
+            costs = [step_seconds("blocks", total_cost(s_nodes[b.start:b.stop]), None, cfg.batch) for b in blocks]
+            trace = reconstruct_blocks(student, teacher, blocks, x_phase, cfg, n, cfg.lr or DEFAULT_LR["blocks"],
+                                       clock, costs)
+            n = round(float(np.mean([t["steps"] for t in trace["block_trace"]])))
+        # what the phase bought: the output KL at the input size, on the samples
+        phases.append({"shape": list(x_phase.shape[1:]), "steps": int(n), "seconds": round(time.perf_counter() - t1, 1),
+                       "kl_after": round(output_kl(student, teacher, xt), 6)})
+    return trace, phases
 
 
 def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarray, cfg: FinetuneConfig,
@@ -404,13 +343,21 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     low = runnable_reduced_shape(teacher_model, (student, teacher), shape, cfg.train_macs, cfg.size, device)
     x_low = resized(xt, low)
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
-    steps, predicted, speed = _planned_steps(cfg, (model, student), (teacher_model, teacher), x_low, xt, full_steps,
-                                             area_ratio(low, shape))
+    s_nodes = node_costs(model, student, x_low[:1], area_ratio(low, shape))
+    steps, predicted, speed, full_s = _planned_steps(cfg, (model, student, s_nodes), (teacher_model, teacher), x_low,
+                                                     xt, full_steps, area_ratio(low, shape))
     # kd counts the quantized weights' steps in quantization steps where rounding is all that separates them from the
     # teacher; a pruned student (fewer weights) has further to go: all its parameters move at the absolute lr
     in_steps = (cfg.method == "kd" and any(in_quant_steps(m) for m in student.tensors.values())
                 and not is_pruned(model, teacher_model))
+    t_kl = time.perf_counter()
     kl_before = output_kl(student, teacher, xt)
+    # a budgeted phase keeps its budget: steps re-planned from its own step time (`dfc.finetune.step_clock`); the
+    # final KL costs what the first did
+    t_kl = time.perf_counter() - t_kl
+    left = cfg.time_budget_s - (time.perf_counter() - t0) - full_s - t_kl
+    clock = StepClock(left if cfg.steps is None and cfg.speed is None else None, MIN_STEPS[cfg.method],
+                      MAX_STEPS[cfg.method])
     if steps > 0 and cfg.method == "blocks" and cfg.copies > 1:
         from dfc.synth.inverter import augment
 
@@ -418,24 +365,15 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         xt_train = torch.cat([x_low, augment(x_low, cfg.copies - 1, gen)])
     else:
         xt_train = x_low
-    trace, phases = {}, []
-    for x_phase, n in ((xt_train, steps), (xt, full_steps)):
-        if n <= 0:
-            continue
-        t1 = time.perf_counter()
-        if cfg.method == "kd":
-            trace = distill(student, teacher, blocks, x_phase, cfg, n, in_steps=in_steps)
-        else:
-            trace = reconstruct_blocks(student, teacher, blocks, x_phase, cfg, n)
-        # what the phase bought: the output KL at the input size, on the samples
-        phases.append({"shape": list(x_phase.shape[1:]), "steps": int(n), "seconds": round(time.perf_counter() - t1, 1),
-                       "kl_after": round(output_kl(student, teacher, xt), 6)})
+    trace, phases = _train_phases(student, teacher, blocks, cfg, ((xt_train, steps), (xt, full_steps)), xt,
+                                  in_steps, clock, s_nodes)
     kl_after = phases[-1]["kl_after"] if phases else output_kl(student, teacher, xt)
     student.watch = []
     # training that moved the student away from the teacher on the samples themselves is not kept
     kept = "input" if steps > 0 and kl_after > kl_before else "trained"
     info = {
-        "method": cfg.method, "steps": int(steps), "samples": int(len(x)), "batch": cfg.batch,
+        "method": cfg.method, "steps": int(phases[0]["steps"] if phases else steps), "planned_steps": int(steps),
+        "samples": int(len(x)), "batch": cfg.batch,
         "lr": cfg.lr or DEFAULT_LR[cfg.method], "step_lr": (cfg.step_lr or DEFAULT_STEP_LR) if in_steps else None,
         "blocks": len(blocks), "device": str(device),
         "disagreement": float(cfg.hard_share) if cfg.method == "kd" else None,

@@ -1,0 +1,56 @@
+"""A time-budgeted fine-tuning phase that ends on its budget: the steps still to run are re-planned from the phase's
+own measured step time.
+
+The graph's cost model times the probe's factor (`dfc.finetune.train_cost.measured_speed`) predicts the passes, not
+a whole step: augmentation, MixUp, the block losses, Adam and AdaRound's regulariser come on top, and a busy core
+slows every step after the probe. On the 2-core machines of the 2026-12-07 stops a kd budget of 480 s ran 520-542 s
+and a blocks budget of 300 s ran 509 s. With a clock, after the first timed steps
+
+    steps = done + (deadline − now) / (seconds per unit so far · units per remaining step)
+
+(a kd step is one unit; a blocks step of block k costs its predicted seconds, so one measured rate carries over to
+the blocks still to come). Re-planning early keeps the warm-up and cosine schedules smooth; blocks re-plan before
+each block and within one only during its warm-up (AdaRound's annealing follows the block's step count).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class StepClock:
+    """Seconds per unit of work measured since `mark`, and the steps that fill the time left before `deadline`."""
+
+    def __init__(self, seconds: float | None, lo: int, hi: int):
+        """`seconds`: the phase's budget from now (None: fixed steps, never re-planned); steps stay in [lo, hi]."""
+        self.deadline = None if seconds is None else time.perf_counter() + max(seconds, 0.0)
+        self.lo, self.hi = lo, hi
+        self.t0: float | None = None
+        self.units = 0.0
+
+    def mark(self) -> None:
+        """Start timing here (after a warm-up step: the first one pays for allocation and caches)."""
+        self.t0, self.units = time.perf_counter(), 0.0
+
+    def add(self, units: float = 1.0) -> None:
+        self.units += units
+
+    def steps(self, planned: int, done: int = 0, units_per_step: float = 1.0, units_done: float | None = None) -> int:
+        """The re-planned count n of a phase with `done` steps behind it (each `units_done`, default `units_per_step`)
+        and n − done to come, such that n·units_per_step − done·units_done units fill the time left; `planned` where
+        the phase is fixed or nothing has been timed yet. (Blocks: n steps per block, the current block's step
+        `units_done`, every block still to come adding its own to `units_per_step`.)"""
+        if self.deadline is None or self.t0 is None or self.units <= 0 or units_per_step <= 0:
+            return planned
+        now = time.perf_counter()
+        rate = (now - self.t0) / self.units
+        done_units = done * (units_per_step if units_done is None else units_done)
+        n = ((self.deadline - now) / rate + done_units) / units_per_step
+        return int(np.clip(n, max(self.lo, done), self.hi))
+
+
+def replan_points(planned: int) -> set[int]:
+    """After how many steps the count is re-planned: at 3 %, 10 % and 30 % of the plan (at least 4 steps in)."""
+    return {max(4, int(f * planned)) for f in (0.03, 0.1, 0.3)}
