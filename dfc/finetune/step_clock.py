@@ -10,7 +10,7 @@ and a blocks budget of 300 s ran 509 s. With a clock, after the first timed step
 
 (a kd step is one unit; a blocks step of block k costs its predicted seconds, so one measured rate carries over to
 the blocks still to come). Re-planning early keeps the warm-up and cosine schedules smooth; blocks re-plan before
-each block and within one only during its warm-up (AdaRound's annealing follows the block's step count).
+each block (AdaRound's annealing follows the block's count), gradually (`block_reconstruction.MAX_MOVE`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class StepClock:
         self.lo, self.hi = lo, hi
         self.t0: float | None = None
         self.units = 0.0
+        self.prior_rate: float | None = None  # seconds per unit assumed until some are timed (None: keep the plan)
 
     def mark(self) -> None:
         """Start timing here (after a warm-up step: the first one pays for allocation and caches)."""
@@ -42,10 +43,11 @@ class StepClock:
         and n − done to come, such that n·units_per_step − done·units_done units fill the time left; `planned` where
         the phase is fixed or nothing has been timed yet. (Blocks: n steps per block, the current block's step
         `units_done`, every block still to come adding its own to `units_per_step`.)"""
-        if self.deadline is None or self.t0 is None or self.units <= 0 or units_per_step <= 0:
+        timed = self.t0 is not None and self.units > 0
+        if self.deadline is None or units_per_step <= 0 or not (timed or self.prior_rate):
             return planned
         now = time.perf_counter()
-        rate = (now - self.t0) / self.units
+        rate = (now - self.t0) / self.units if timed else self.prior_rate
         done_units = done * (units_per_step if units_done is None else units_done)
         n = ((self.deadline - now) / rate + done_units) / units_per_step
         return int(np.clip(n, max(self.lo, done), self.hi))

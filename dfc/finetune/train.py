@@ -35,7 +35,7 @@ from dfc.finetune.student import WEIGHTED, QuantizedTensor, Student
 from dfc.synth.torch_exec import TorchGraph
 from dfc.finetune.block_reconstruction import reconstruct_blocks
 from dfc.finetune.step_clock import StepClock, replan_points
-from dfc.finetune.train_cost import default_steps, measured_speed, node_costs, pass_cost, step_seconds, total_cost
+from dfc.finetune.train_cost import default_steps, measured_speed, pass_cost, step_seconds
 from dfc.synth.resolution import REDUCED_SIZE_MACS, area_ratio, resized, runnable_reduced_shape
 
 METHODS = ("kd", "blocks")
@@ -279,9 +279,9 @@ def _planned_steps(cfg: FinetuneConfig, student: tuple, teacher: tuple, x_low: t
                    full_steps: int, area: float) -> tuple[int, float, float, float]:
     """(steps, predicted seconds, speed factor, predicted seconds of the full-size phase): `cfg.steps`, or what fills
     `cfg.time_budget_s` at the predicted step time (`dfc.finetune.train_cost`) less the full-size phase;
-    `student`: (model, graph, its node costs), `teacher`: (model, graph)."""
-    (s_model, s_graph, s_nodes), (t_model, t_graph) = student, teacher
-    s_cost, t_cost = total_cost(s_nodes), pass_cost(t_model, t_graph, x_low[:1], area)
+    `student`/`teacher`: (model, graph)."""
+    (s_model, s_graph), (t_model, t_graph) = student, teacher
+    s_cost, t_cost = pass_cost(s_model, s_graph, x_low[:1], area), pass_cost(t_model, t_graph, x_low[:1], area)
     measure = cfg.steps is None and not cfg.speed
     speed = measured_speed(s_graph, t_graph, x_low, cfg.batch, s_cost, t_cost) if measure else (cfg.speed or 1.0)
     full_s = speed * full_steps * step_seconds(cfg.method, pass_cost(s_model, s_graph, xt[:1]), pass_cost(
@@ -293,7 +293,7 @@ def _planned_steps(cfg: FinetuneConfig, student: tuple, teacher: tuple, x_low: t
 
 
 def _train_phases(student: Student, teacher: TorchGraph, blocks: list[Block], cfg: FinetuneConfig, plan: tuple,
-                  xt: torch.Tensor, in_steps: bool, clock: StepClock, s_nodes: list) -> tuple[dict, list[dict]]:
+                  xt: torch.Tensor, in_steps: bool, clock: StepClock) -> tuple[dict, list[dict]]:
     """Run each (samples, steps) phase of `plan` (the reduced size, then the input size `xt`), the first on `clock`;
     returns the last trace and per phase its shape, steps run, seconds and output KL at the input size."""
     trace, phases = {}, []
@@ -305,9 +305,7 @@ def _train_phases(student: Student, teacher: TorchGraph, blocks: list[Block], cf
             trace = distill(student, teacher, blocks, x_phase, cfg, n, in_steps, None if phases else clock)
             n = trace.pop("steps_run")
         else:
-            costs = [step_seconds("blocks", total_cost(s_nodes[b.start:b.stop]), None, cfg.batch) for b in blocks]
-            trace = reconstruct_blocks(student, teacher, blocks, x_phase, cfg, n, cfg.lr or DEFAULT_LR["blocks"],
-                                       clock, costs)
+            trace = reconstruct_blocks(student, teacher, blocks, x_phase, cfg, n, cfg.lr or DEFAULT_LR["blocks"], clock)
             n = round(float(np.mean([t["steps"] for t in trace["block_trace"]])))
         # what the phase bought: the output KL at the input size, on the samples
         phases.append({"shape": list(x_phase.shape[1:]), "steps": int(n), "seconds": round(time.perf_counter() - t1, 1),
@@ -343,9 +341,8 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     low = runnable_reduced_shape(teacher_model, (student, teacher), shape, cfg.train_macs, cfg.size, device)
     x_low = resized(xt, low)
     full_steps = int(cfg.full_steps) if cfg.method == "kd" and low != shape else 0
-    s_nodes = node_costs(model, student, x_low[:1], area_ratio(low, shape))
-    steps, predicted, speed, full_s = _planned_steps(cfg, (model, student, s_nodes), (teacher_model, teacher), x_low,
-                                                     xt, full_steps, area_ratio(low, shape))
+    steps, predicted, speed, full_s = _planned_steps(cfg, (model, student), (teacher_model, teacher), x_low, xt,
+                                                     full_steps, area_ratio(low, shape))
     # kd counts the quantized weights' steps in quantization steps where rounding is all that separates them from the
     # teacher; a pruned student (fewer weights) has further to go: all its parameters move at the absolute lr
     in_steps = (cfg.method == "kd" and any(in_quant_steps(m) for m in student.tensors.values())
@@ -366,7 +363,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
     else:
         xt_train = x_low
     trace, phases = _train_phases(student, teacher, blocks, cfg, ((xt_train, steps), (xt, full_steps)), xt,
-                                  in_steps, clock, s_nodes)
+                                  in_steps, clock)
     kl_after = phases[-1]["kl_after"] if phases else output_kl(student, teacher, xt)
     student.watch = []
     # training that moved the student away from the teacher on the samples themselves is not kept

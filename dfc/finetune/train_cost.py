@@ -53,35 +53,25 @@ class PassCost:
         return K_DENSE * self.dense_macs + K_DEPTHWISE * self.depthwise_macs + K_ELEMENT * self.elements
 
 
-def node_costs(model: onnx.ModelProto, graph: TorchGraph, x1: torch.Tensor, area: float = 1.0) -> list[PassCost]:
-    """The cost of each of `graph`'s nodes (built from `model`) on the one-sample input `x1`; `area`: the pixel count
-    of `x1` over that of the model's declared input (its layers' MACs, read from the declared shapes, scale with it)."""
+def pass_cost(model: onnx.ModelProto, graph: TorchGraph, x1: torch.Tensor, area: float = 1.0) -> PassCost:
+    """The cost of `graph` (built from `model`) on the one-sample input `x1`; `area`: the pixel count of `x1` over
+    that of the model's declared input (its layers' MACs, read from the declared shapes, scale with it)."""
     from dfc.graph.stats import layer_stats
 
     groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
               for n in model.graph.node if n.op_type == "Conv"}
-    macs = {row.name: row.macs * area for row in layer_stats(model)}
+    dense = depthwise = 0.0
+    for row in layer_stats(model):
+        if groups.get(row.name, 1) > 1:
+            depthwise += row.macs
+        else:
+            dense += row.macs
     with torch.no_grad():
         env = graph.run({graph.input_names[0]: x1})
-    costs = []
-    for n in graph.nodes:
-        m = macs.get(n.name, 0.0)
-        elements = sum(env[t.name].numel() for t in n.outputs if t is not None and t.name in env
-                       and torch.is_tensor(env[t.name]) and env[t.name].is_floating_point())
-        dw = groups.get(n.name, 1) > 1
-        costs.append(PassCost(0.0 if dw else m, m if dw else 0.0, float(elements), 1))
-    return costs
-
-
-def total_cost(costs: list[PassCost]) -> PassCost:
-    """The sum of node (or pass) costs."""
-    return PassCost(*(float(sum(getattr(c, k) for c in costs)) for k in ("dense_macs", "depthwise_macs", "elements")),
-                    int(sum(c.nodes for c in costs)))
-
-
-def pass_cost(model: onnx.ModelProto, graph: TorchGraph, x1: torch.Tensor, area: float = 1.0) -> PassCost:
-    """The cost of one forward pass of `graph` over `x1` (`node_costs` summed)."""
-    return total_cost(node_costs(model, graph, x1, area))
+    elements = sum(env[t.name].numel() for n in graph.nodes for t in n.outputs
+                   if t is not None and t.name in env and torch.is_tensor(env[t.name])
+                   and env[t.name].is_floating_point())
+    return PassCost(dense * area, depthwise * area, float(elements), len(graph.nodes))
 
 
 def step_seconds(method: str, student: PassCost, teacher: PassCost, batch: int) -> float:

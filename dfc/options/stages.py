@@ -122,8 +122,9 @@ class FinetuneOptions:
     finetune: str | None = opt(None, "train the compressed model against the float one on the synthetic samples: kd "
                                "(knowledge distillation, The Knowledge Within Alg. 2) or blocks (block-wise "
                                "reconstruction, BRECQ/AdaRound)", choices=FINETUNE_METHODS, cli=str)
-    finetune_time: float | None = opt(None, "seconds of fine-tuning the default steps fill, predicted from the graph "
-                                      "and a few steps timed on this machine (default 480; not with --finetune-steps)",
+    finetune_time: float | None = opt(None, "seconds of fine-tuning: the default steps are planned from the graph and "
+                                      "a few timed passes, then re-planned from the run's own step time (default "
+                                      "480; not with --finetune-steps)",
                                       rule="positive", cli=float, metavar="S")
     finetune_steps: int | None = opt(None, "fine-tuning steps (kd: in all; blocks: per block; default: from the "
                                      "--finetune-time budget)", rule="int_ge_0", cli=int, advanced=True)
