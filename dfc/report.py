@@ -180,15 +180,15 @@ def _inverter_lines(passes: dict) -> list[str]:
                    f"{ft['batch']}, lr {_lr_text(ft)}"
                    + (f", {ft['disagreement']:g} of each batch from the disagreement pool"
                       if ft.get("disagreement") else "")
-                   + f", {ft['device']}: output KL to the float model on the samples "
+                   + f", {ft['device']}: output {ft.get('loss', 'KL')} to the float model on the samples "
                    f"{ft['kl_before']:.4f} -> {ft['kl_after']:.4f}"
                    + (f"; default steps for ~{ft['predicted_seconds']:.0f} s predicted{_speed_text(ft)}"
                       f"{_replanned_text(ft)}, took {ft['seconds']:.0f} s" if ft.get("predicted_seconds") else "")
-                   + ("; not kept (the KL rose): the model before fine-tuning is written" if ft.get("kept") == "input" else ""))
+                   + ("; not kept (it rose): the model before fine-tuning is written" if ft.get("kept") == "input" else ""))
         phases = ft.get("phases") or []
         if phases and (len(phases) > 1 or ft.get("input_shape") not in (None, phases[0]["shape"])):
             out.append("finetune phases: " + "; ".join(
-                f"{p['steps']} steps at {'x'.join(map(str, p['shape']))} ({p['seconds']:.0f} s): KL at the input size "
+                f"{p['steps']} steps at {'x'.join(map(str, p['shape']))} ({p['seconds']:.0f} s): {ft.get('loss', 'KL')} at the input size "
                 f"{p['kl_after']:.4f}" for p in phases))
     timed = [(name, r["seconds"]) for name, r in passes.items() if isinstance(r, dict) and "seconds" in r]
     if timed:

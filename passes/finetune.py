@@ -77,7 +77,7 @@ class Finetune(Pass):
             ctx.note("finetune: --finetune-step-lr applies to a quantized student of the teacher's architecture; this "
                      "one (pruned or float) trained every parameter at --finetune-lr")
         if info["kept"] == "input":
-            ctx.note(f"finetune: {cfg.method} raised the output KL to the float model on the samples "
+            ctx.note(f"finetune: {cfg.method} raised the output {info['loss']} to the float model on the samples "
                      f"({info['kl_before']:.4g} -> {info['kl_after']:.4g}); the model before fine-tuning is kept "
                      f"(a lower {'--finetune-step-lr' if info.get('step_lr') else '--finetune-lr'} may help)")
         return ir.import_graph(tuned)

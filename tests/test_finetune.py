@@ -345,3 +345,36 @@ def test_kd_with_a_disagreement_pool_trains_and_is_seeded(demo_w2a4):
     assert out.SerializeToString() == again.SerializeToString()
     plain, _ = finetune(qdq, teacher, x, FinetuneConfig(method="kd", steps=40, batch=16, lr=1e-3), float_model=teacher)
     assert plain.SerializeToString() != out.SerializeToString()
+
+
+def test_output_loss_is_kl_for_class_logits_and_relative_l2_elsewhere():
+    from dfc.finetune.train import _kl, output_loss
+
+    t, s = torch.randn(4, 10), torch.randn(4, 10)
+    assert float(output_loss([t], [s])) == pytest.approx(float(_kl(t, s)))
+    boxes_t, boxes_s = torch.randn(4, 50, 4), torch.randn(4, 50, 4)
+    rel = float((boxes_s - boxes_t).pow(2).sum() / boxes_t.pow(2).sum())
+    assert float(output_loss([t, boxes_t], [s, boxes_s])) == pytest.approx(float(_kl(t, s)) + rel, rel=1e-5)
+    assert float(output_loss([boxes_t], [boxes_t])) == 0.0
+
+
+def test_kd_trains_a_model_with_a_second_output():
+    """A detector-like graph (two outputs, one of them not class logits) is distilled on all its outputs; it used to
+    stop with an internal error (one output assumed)."""
+    from robustness_cases import cnn_nodes, small_cnn
+
+    model = small_cnn(nodes=cnn_nodes(residual=False), outputs=[("r1", ["N", 8, 8, 8])])
+    _, rep = api.optimize_with_report(model, calib="gaussian", measure=False, finetune="kd", finetune_steps=5)
+    ft = rep["passes"]["finetune"]
+    assert ft["steps"] == 5 and ft["loss"] == "KL + rel. L2²" and np.isfinite(ft["kl_after"])
+    assert ft["kl_before"] > 0  # the inner output's quantization error counts, not only the logits'
+
+
+def test_kd_compares_softmax_outputs_as_the_class_distributions_they_are():
+    """A Softmax output (PP-OCR's classifier) is compared as p itself, not as softmax(p) (which flattens it)."""
+    from dfc.finetune.train import _kl, output_loss
+
+    logit_t, logit_s = torch.randn(4, 2) * 3, torch.randn(4, 2) * 3
+    p_t, p_s = logit_t.softmax(1), logit_s.softmax(1)
+    assert float(output_loss([p_t], [p_s], [True])) == pytest.approx(float(_kl(logit_t, logit_s)), rel=1e-4)
+    assert float(output_loss([p_t], [p_s], [False])) < float(output_loss([p_t], [p_s], [True]))

@@ -109,6 +109,10 @@ def test_a_budgeted_run_keeps_its_budget_when_the_prediction_under_reads(monkeyp
     _, info = finetune(qdq, teacher, x, FinetuneConfig(method=method, batch=4, time_budget_s=budget))
     assert info["planned_steps"] >= 2 * info["steps"]  # planned 10× too many (or the cap), re-planned to what fits
     assert info["seconds"] < 2.0 * budget
+    from dfc.report import _inverter_lines
+
+    line = next(t for t in _inverter_lines({"finetune": info}) if t.startswith("finetune:"))
+    assert f"re-planned from {info['planned_steps']} steps by the measured step time" in line
     if method == "blocks":  # the blocks' own timed steps set the first count; later ones move at most MAX_MOVE
         from dfc.finetune.block_reconstruction import MAX_MOVE
 

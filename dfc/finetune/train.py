@@ -178,13 +178,39 @@ def _lr_at(step: int, steps: int, lr: float, warmup: float = 0.05) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * (step - w) / max(1, steps - w)))
 
 
+def probability_outputs(graph: TorchGraph) -> list[bool]:
+    """Per graph output: whether a Softmax writes it (class probabilities, not logits)."""
+    soft = {t.name for n in graph.nodes if n.op == "Softmax" for t in n.outputs if t is not None}
+    return [name in soft for name in graph.output_names]
+
+
+def output_loss(t_outs: list[torch.Tensor], s_outs: list[torch.Tensor], probs: list[bool] | None = None) -> torch.Tensor:
+    """What kd minimises and the keep check reads, summed over the graph's outputs: KL(softmax(t) ‖ softmax(s)) of
+    class logits ([N, C]; of log p where `probs` says a Softmax wrote the output: softmax(log p) = p, where a softmax
+    of p itself would flatten the classes); the squared relative L2 error ‖s − t‖² / ‖t‖² of any other output (a
+    detector's scores [N, anchors, 2] and boxes, where a softmax over dim 1 would compare anchors, not classes)."""
+    total = torch.zeros((), device=t_outs[0].device)
+    for i, (t, s) in enumerate(zip(t_outs, s_outs)):
+        if t.dim() == 2 and probs and probs[i]:
+            t, s = t.clamp_min(1e-12).log(), s.clamp_min(1e-12).log()
+        total = total + (_kl(t, s) if t.dim() == 2 else (s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12))
+    return total
+
+
+def output_loss_name(teacher: TorchGraph, x1: torch.Tensor) -> str:
+    """How `output_loss` compares this graph's outputs, for the summary: "KL", "rel. L2²" or both."""
+    with torch.no_grad():
+        kinds = {"KL" if t.dim() == 2 else "rel. L2²" for t in teacher(x1)[0]}
+    return " + ".join(sorted(kinds))
+
+
 def output_kl(student: Student, teacher: TorchGraph, x: torch.Tensor, batch: int = 128) -> float:
-    """Mean KL(teacher ‖ student) of the logits on `x` (the report's loss before/after)."""
-    total = 0.0
+    """Mean `output_loss` of the student against the teacher on `x` (the report's "output KL" before/after)."""
+    total, probs = 0.0, probability_outputs(teacher)
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = x[i:i + batch]
-            total += float(_kl(teacher(xb)[0][0], student(xb)[0][0])) * len(xb)
+            total += float(output_loss(teacher(xb)[0], student(xb)[0], probs)) * len(xb)
     return total / len(x)
 
 
@@ -207,6 +233,7 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
     opt = torch.optim.Adam([{"params": p, "lr": r, "base": r} for p, r in groups if p])
     beta_dist = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup > 0 else None
     pool = DisagreementPool(x, cfg.hard_share, cfg.hard_step, gen) if cfg.hard_share else None
+    probs = probability_outputs(teacher)
     first = last = None
     clock, marks, step = clock or StepClock(None, steps, steps), replan_points(steps), 0
     bar = manual_bar("finetune kd", total=steps)
@@ -222,9 +249,9 @@ def distill(student: Student, teacher: TorchGraph, blocks: list[Block], x: torch
             xb = torch.cat([xb, pool.draw(hard)])
         xb.requires_grad_(pool is not None)
         with torch.no_grad():
-            (t_out,), t_blocks = teacher(xb)
-        (s_out,), s_blocks = student(xb)
-        loss = cfg.kd_alpha * _kl(t_out, s_out)
+            t_outs, t_blocks = teacher(xb)
+        s_outs, s_blocks = student(xb)
+        loss = cfg.kd_alpha * output_loss(t_outs, s_outs, probs)
         if cfg.kd_beta and inner:
             loss = loss + cfg.kd_beta * sum(F.smooth_l1_loss(s_blocks[b.output], t_blocks[b.target]) for b in inner)
         for g in opt.param_groups:
@@ -375,7 +402,7 @@ def finetune(model: onnx.ModelProto, teacher_model: onnx.ModelProto, x: np.ndarr
         "blocks": len(blocks), "device": str(device),
         "disagreement": float(cfg.hard_share) if cfg.method == "kd" else None,
         "learned_act_scales": len(student.act_scales),
-        "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6),
+        "kl_before": round(kl_before, 6), "kl_after": round(kl_after, 6), "loss": output_loss_name(teacher, xt[:1]),
         "seconds": round(time.perf_counter() - t0, 1),
         "predicted_seconds": float(f"{predicted:.3g}") if cfg.steps is None else None,
         "speed": round(speed, 3) if cfg.steps is None else None,
