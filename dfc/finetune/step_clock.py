@@ -8,8 +8,8 @@ and a blocks budget of 300 s ran 509 s. With a clock, after the first timed step
 
     steps = done + (deadline − now) / (seconds per unit so far · units per remaining step)
 
-(a kd step is one unit; a blocks step of block k costs its predicted seconds, so one measured rate carries over to
-the blocks still to come). Re-planning early keeps the warm-up and cosine schedules smooth; blocks re-plan before
+(a kd step is one unit; a blocks step of block k costs the seconds its step was timed at before reconstruction, so
+one measured rate carries over to the blocks still to come). Re-planning early keeps the warm-up and cosine schedules smooth; blocks re-plan before
 each block (AdaRound's annealing follows the block's count), gradually (`block_reconstruction.MAX_MOVE`).
 """
 
@@ -38,19 +38,16 @@ class StepClock:
     def add(self, units: float = 1.0) -> None:
         self.units += units
 
-    def steps(self, planned: int, done: int = 0, units_per_step: float = 1.0, units_done: float | None = None) -> int:
-        """The re-planned count n of a phase with `done` steps behind it (each `units_done`, default `units_per_step`)
-        and n − done to come, such that n·units_per_step − done·units_done units fill the time left; `planned` where
-        the phase is fixed or nothing has been timed yet. (Blocks: n steps per block, the current block's step
-        `units_done`, every block still to come adding its own to `units_per_step`.)"""
+    def steps(self, planned: int, done: int = 0, units_per_step: float = 1.0) -> int:
+        """The re-planned count of a phase with `done` steps behind it whose remaining steps each cost `units_per_step`
+        (blocks: n steps per block, one step of every block still to come); `planned` where the phase is fixed or
+        nothing has been timed yet and no `prior_rate` is set."""
         timed = self.t0 is not None and self.units > 0
         if self.deadline is None or units_per_step <= 0 or not (timed or self.prior_rate):
             return planned
         now = time.perf_counter()
         rate = (now - self.t0) / self.units if timed else self.prior_rate
-        done_units = done * (units_per_step if units_done is None else units_done)
-        n = ((self.deadline - now) / rate + done_units) / units_per_step
-        return int(np.clip(n, max(self.lo, done), self.hi))
+        return int(np.clip(done + (self.deadline - now) / (rate * units_per_step), max(self.lo, done), self.hi))
 
 
 def replan_points(planned: int) -> set[int]:
