@@ -121,6 +121,22 @@ def test_inverter_work_budget_shrinks_size_then_samples_for_costly_inputs():
     inv.cfg = InverterConfig(samples=3, steps=2, refine_steps=1)
     assert inv.generate(progress=False, trace=trace).shape == (3, 3, 64, 64)
     assert [p["shape"] for p in trace["phases"]] == [[3, 36, 36], [3, 64, 64]] and trace["phases"][1]["steps"] == 1
+    inv.cfg = InverterConfig(samples=3, steps=6, refine_steps=None, refine_work=1.0)  # as much work again at 64²
+    assert inv.refine_steps(6) == round(6 * 36 ** 2 / 64 ** 2) == 2
+    inv.generate(progress=False, trace=trace)
+    assert [p["steps"] for p in trace["phases"]] == [6, 2]
+    inv.cfg = InverterConfig(samples=3, steps=6, refine_steps=None, refine_work=0.0)
+    assert inv.refine_steps(6) == 0
+
+
+def test_samples_are_refined_at_full_size_below_8_bits_only():
+    from dfc.api import REFINE_WORK_BELOW_8_BITS, refine_work
+    from dfc.options.resolve import resolve
+
+    assert refine_work(resolve({})) == 0.0  # W8A8: the upsampled samples calibrate as well as refined ones
+    assert refine_work(resolve({"wbits": 4})) == REFINE_WORK_BELOW_8_BITS > 0
+    assert refine_work(resolve({"abits": 4})) == REFINE_WORK_BELOW_8_BITS
+    assert refine_work(resolve({"no_quant": True})) == 0.0
 
 
 def test_notes_come_one_per_kind_with_counts():
