@@ -121,10 +121,11 @@ def test_inverter_work_budget_shrinks_size_then_samples_for_costly_inputs():
     inv.cfg = InverterConfig(samples=3, steps=2, refine_steps=1)
     assert inv.generate(progress=False, trace=trace).shape == (3, 3, 64, 64)
     assert [p["shape"] for p in trace["phases"]] == [[3, 36, 36], [3, 64, 64]] and trace["phases"][1]["steps"] == 1
-    inv.cfg = InverterConfig(samples=3, steps=6, refine_steps=None, refine_work=1.0)  # as much work again at 64²
-    assert inv.refine_steps(6) == round(6 * 36 ** 2 / 64 ** 2) == 2
+    inv.cfg = InverterConfig(samples=3, steps=12, refine_steps=None, refine_work=1.0)  # 36² upsampled to 64²
+    a = 36 ** 2 / 64 ** 2
+    assert inv.refine_steps(12) == round(12 * a * (1 - a)) == 3
     inv.generate(progress=False, trace=trace)
-    assert [p["steps"] for p in trace["phases"]] == [6, 2]
+    assert [p["steps"] for p in trace["phases"]] == [12, 3]
     inv.cfg = InverterConfig(samples=3, steps=6, refine_steps=None, refine_work=0.0)
     assert inv.refine_steps(6) == 0
 
