@@ -65,7 +65,8 @@ def build_passes(o: dict, ctx: Context, model: onnx.ModelProto) -> list:
                  latency_batch=int(o["probe_samples"]), depth=prune_depth(o),
                  quant={k: o[k] for k in ("wbits", "abits", "first_last_bits")} if quantizing else None),
     ]
-    if quantizing and o["finetune"] == "kd" and all(o[k] == 8 for k in ("wbits", "abits", "first_last_bits")):
+    float_stage = quantizing and o["finetune"] == "kd" and all(o[k] == 8 for k in ("wbits", "abits", "first_last_bits"))
+    if float_stage:
         # a pruned student trains in float, before an 8-bit quantization that costs little after it; below 8 bits
         # rounding is a second gap only the QDQ student sees (ResNet-56 --prune 0.3 inner W4A4, kd 600 steps: in float
         # before quantization 86.92, the QDQ student 88.30; W8A8 --prune 0.5 inner: 89.77 and 88.99)
@@ -81,6 +82,8 @@ def build_passes(o: dict, ctx: Context, model: onnx.ModelProto) -> list:
                 "quantize", wbits=o["wbits"], abits=o["abits"], first_last_bits=o["first_last_bits"],
                 calib=calib, calib_samples=o["calib_samples"] or GAUSSIAN_SAMPLES, calib_data=o["calib_data"], calibrator=o["calibrator"],
                 bias_correction=bool(o["bias_correction"]), weight_rounding=o["weight_rounding"],
+                # the BN statistics describe the graph's tensors until pruning or training moves them
+                bias_means="samples" if pruning or float_stage else "bn",
             )
         )
     if tuning:

@@ -35,7 +35,8 @@ from dfc.graph.ops import WEIGHTED
 from dfc.graph.preflight import QDQ_MIN_OPSET
 from dfc.measure import channel_stats
 from dfc.pipeline import Context, Pass, register
-from dfc.quant import activation_ranges, weight_rounding
+from dfc.graph.bn_stats import ESTIMATED
+from dfc.quant import activation_ranges, bias_correction, weight_rounding
 from dfc.quant import quant_math as qm
 from dfc.quant.layers import (activation_plan, find_quantized_node, is_edge, quantizable_layers, weight_axis,
                               weight_bit_plan)
@@ -60,6 +61,9 @@ class Quantize(Pass):
             "calibrator": "mse",
             "percentile": 99.99,
             "bias_correction": True,  # move each layer's mean output back to float's (on the calibration samples)
+            # bias correction's input means: "bn" from the BN statistics where they describe the tensor
+            # (`bias_correction.bn_input_means`), else the samples'; "samples": the samples' everywhere
+            "bias_means": "bn",
             "weight_rounding": "gptq",  # below 8 bits: codes and clipping from each layer's inputs (dfc.quant.weight_rounding)
             "float_layers": "auto",  # Conv/Gemm/MatMul names left in float, or "auto": by measurement (dfc.quant.float_layers)
         }
@@ -132,10 +136,11 @@ class Quantize(Pass):
         x = self._calibration_batch(graph, ctx)
         low_bits = min(o["wbits"], o["first_last_bits"]) < 8  # weight_rounding acts below 8 bits only
         plain = graph.copy() if o["weight_rounding"] != "nearest" and low_bits else None
-        built = self._build(graph, x, kept_float, o["weight_rounding"])
+        bn = {k: v for k, v in ctx.bn_stats.items() if v.source != ESTIMATED} if o["bias_means"] == "bn" else {}
+        built = self._build(graph, x, kept_float, o["weight_rounding"], bn)
         check = None
         if built["latents"] and plain is not None:  # kept only where the whole model ends closer to float on the samples
-            other = self._build(plain, x, kept_float, "nearest")
+            other = self._build(plain, x, kept_float, "nearest", bn)
             check = rounding_check(built["model"], x, built["graph"], other["graph"])
             if check["kept"] == "nearest":
                 built = other
@@ -143,7 +148,7 @@ class Quantize(Pass):
         self._record(ctx, x, built, check)
         return built["graph"]
 
-    def _build(self, graph: gs.Graph, x: np.ndarray, kept_float, rounding: str) -> dict:
+    def _build(self, graph: gs.Graph, x: np.ndarray, kept_float, rounding: str, bn_stats) -> dict:
         """The QDQ graph (edited in place) and what `_record` reports of it."""
         o = self.options
         weighted = quantizable_layers(graph)
@@ -159,9 +164,10 @@ class Quantize(Pass):
         calibrated = [t for t in act_bits if t not in shared]
         model = gs.export_onnx(graph)
         params = self._activation_params(model, calibrated, x, act_bits, fused, shared)
-        layers, means, latents = self._rewrite(graph, model, x, weighted, layer_bits, params, act_bits, fused,
-                                               const_adds, rounding)
+        layers, means, latents, bn_used = self._rewrite(graph, model, x, weighted, layer_bits, params, act_bits, fused,
+                                               const_adds, rounding, bn_stats)
         return {"graph": graph, "model": model, "layers": layers, "means": means, "latents": latents,
+                "bn_means": len(bn_used),
                 "act_bits": act_bits, "fused": fused, "pads": integer_pads(graph), "skipped": skipped}
 
     def _activation_params(self, model, calibrated: list[str], x: np.ndarray, act_bits: dict, fused: dict,
@@ -178,7 +184,7 @@ class Quantize(Pass):
 
         return params
 
-    def _rewrite(self, graph, model, x, weighted, layer_bits, params, act_bits, fused, const_adds, rounding):
+    def _rewrite(self, graph, model, x, weighted, layer_bits, params, act_bits, fused, const_adds, rounding, bn_stats):
         """Q/DQ pairs on the activations, quantized Add constants, per-channel weights with bias-corrected int32
         biases; returns (per-layer report rows, the input means used by bias correction, layer name -> the float
         weights its codes round, where they are not the graph's own: `weight_rounding`)."""
@@ -187,12 +193,14 @@ class Quantize(Pass):
                  and weight_rounding.supports(n, weight_axis(n))]
         hessians = weight_rounding.input_hessians(model, aware, x, progress="weight rounding") if aware else {}
         input_of = {id(n): n.inputs[0].name for n in weighted}  # float names, before Q/DQ goes in
-        means = {}
+        means, bn_used = {}, []
         if o["bias_correction"]:
             for n in weighted:
                 ensure_bias(n)
             x_names = {input_of[id(n)] for n in weighted if input_of[id(n)] in params}
             means = self._channel_means(model, {t: params[t] for t in x_names}, x)
+            if bn_stats:  # before the fused activations leave the graph: the BN statistics reach the inputs through them
+                means, bn_used = bias_correction.bn_input_means(means, graph.tensors(), bn_stats)
         for r, _ in fused.values():
             ir.bypass_node(graph, r)
         tensors = graph.tensors()
@@ -211,7 +219,7 @@ class Quantize(Pass):
                 codes = (q, s)
             row = quantize_weights(graph, n, layer_bits[id(n)], x_params, means.get(input_of[id(n)]), codes=codes)
             layers.append({**row, **extra})
-        return layers, means, latents
+        return layers, means, latents, bn_used
 
     def _record(self, ctx, x, built: dict, check: dict | None) -> None:
         o, act_bits, fused = self.options, built["act_bits"], built["fused"]
@@ -228,6 +236,7 @@ class Quantize(Pass):
             "activations_absorbed": dict(sorted(Counter(r.op for r, _ in fused.values()).items())),
             "integer_pads": built["pads"],
             "bias_correction": bool(built["means"]),
+            "bias_means_from_bn": built["bn_means"],  # input tensors whose bias-correction means came from BN statistics
             "layers": built["layers"],
             "left_in_float": built["skipped"],
             **({"rounding_check": check} if check else {}),

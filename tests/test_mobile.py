@@ -168,3 +168,29 @@ def test_depthwise_weights_keep_the_first_last_width():
 
     g = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(relu6_cnn(), Context()))
     assert weight_bit_plan(g, 4, 8) == {"conv1": 8, "dw": 8, "project": 4, "fc": 8}
+
+
+def test_bias_correction_reads_input_means_from_bn_statistics_where_they_describe_the_tensor():
+    from dfc.graph import ir
+    from dfc.pipeline import Context, PassManager
+    from dfc.quant.bias_correction import bn_input_means
+
+    ctx = Context()
+    tensors = ir.import_graph(PassManager(["cleanup", "fold-bn"]).run(relu6_cnn(), ctx)).tensors()
+    mu, sd = ctx.bn_stats["bd"].output_mean_std()
+    z = np.clip(mu[None] + sd[None] * np.random.default_rng(0).standard_normal((400_000, 8)), 0, 6)
+    sampled = {"rd": (np.zeros(8), np.full(8, 0.01)), "x": (np.ones(3), np.full(3, 1.5))}
+    means, used = bn_input_means(sampled, tensors, ctx.bn_stats)
+    assert used == ["rd"]  # the network input has no BN behind it: its samples' means stay
+    np.testing.assert_allclose(means["rd"][0], z.mean(0), atol=5e-3)  # E[clip(z, 0, 6)], z ~ N(β, γ²)
+    np.testing.assert_allclose(means["rd"][1] - means["rd"][0], 0.01)  # the samples keep the quantization's offset
+    np.testing.assert_array_equal(means["x"][1], sampled["x"][1])
+
+
+def test_quantization_takes_bn_means_only_where_the_graph_is_the_one_the_statistics_describe():
+    m = relu6_cnn()
+    _, rep = optimize_with_report(m, wbits=4, calib="gaussian", calib_samples=32, measure=False)
+    assert rep["passes"]["quantize"]["bias_means_from_bn"] >= 2  # the inputs of the depthwise and project convs
+    _, rep = optimize_with_report(m, wbits=4, calib="gaussian", calib_samples=32, measure=False, prune=0.25,
+                                  channel_multiple=1)
+    assert rep["passes"]["quantize"]["bias_means_from_bn"] == 0  # pruning moved the statistics downstream

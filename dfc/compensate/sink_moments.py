@@ -72,6 +72,23 @@ def _source(t: gs.Tensor, bn_stats) -> tuple[str, list[gs.Node]] | None:
     return t.name, acts
 
 
+def _activated(mu, sd, acts: list[gs.Node]) -> np.ndarray:
+    """f(μ + σ·t) on the grid `_T`, f the activations `acts` in order: one row per channel where mu/sd are arrays."""
+    z = np.asarray(mu, np.float64)[..., None] + np.asarray(sd, np.float64)[..., None] * _T
+    for a in acts:
+        z = _activate(z, a)
+    return z
+
+
+def tensor_means(t: gs.Tensor, bn_stats) -> np.ndarray | None:
+    """E[a] of every channel of tensor `t` where it is a BN'd tensor behind channel-wise activations and mean-preserving
+    reshapes/pools (`_source`), from the BN statistics alone; None otherwise."""
+    src = _source(t, bn_stats) if bn_stats else None
+    if src is None:
+        return None
+    return _activated(*bn_stats[src[0]].output_mean_std(), src[1]) @ _W
+
+
 def group_moments(groups: list[Group], bn_stats) -> tuple[np.ndarray, np.ndarray] | None:
     """(E[a], E[a²]) per group at its consumers, or None when some group's consumers do not read a BN'd channel
     through channel-wise activations only, or read it through different paths."""
@@ -90,9 +107,7 @@ def group_moments(groups: list[Group], bn_stats) -> tuple[np.ndarray, np.ndarray
         name, acts = next(iter(paths.values()))
         c = g.members[name][0]
         mu, sd = bn_stats[name].output_mean_std()
-        z = float(mu[c]) + float(sd[c]) * _T
-        for a in acts:
-            z = _activate(z, a)
+        z = _activated(mu[c], sd[c], acts)
         means.append(float(_W @ z))
         second.append(float(_W @ (z * z)))
     return np.array(means), np.array(second)
