@@ -20,8 +20,8 @@ from dfc.synth.sample_files import check_save_calib, save_calibration
 
 GAUSSIAN_SAMPLES = 256  # samples of a noise source (gaussian, pink)
 # Below 8 bits the samples synthesized at a reduced size are refined at the input size with this share of the first
-# phase's work (`Inverter.refine_steps`): upsampling undoes part of the statistics matched at the smaller size, and 4-bit
-# weights follow the samples' statistics where 8-bit ones do not (EfficientNet-Lite0 W4A8, docs/methods.md "BNS").
+# phase's work (`Inverter.refine_steps`): upsampling undoes part of the statistics matched at the smaller size, and
+# 4-bit weights follow the samples' statistics where 8-bit ones do not (EfficientNet-Lite0 W4A8, docs/methods.md "BNS").
 REFINE_WORK_BELOW_8_BITS = 0.45  # EfficientNet-Lite0: 100 steps at 128², then 10 at 224² (~95 s)
 
 

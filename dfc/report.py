@@ -68,6 +68,7 @@ def summary_table(report: dict) -> str:
     out += _target_lines(report)
     out += _compensation_lines(report.get("passes", {}))
     out += _rounding_lines(report.get("passes", {}))
+    out += _bias_lines(report.get("passes", {}))
     out += _inverter_lines(report.get("passes", {}))
     for note in report.get("notes", []):
         out.append(f"note: {note}")
@@ -143,6 +144,15 @@ def _compensation_lines(passes: dict) -> list[str]:
                    f"weights-loss error {before:.4g} -> {after:.4g} "
                    f"({100 * (after - before) / before if before else 0.0:+.2g} %)")
     return out
+
+
+def _bias_lines(passes: dict) -> list[str]:
+    """Where bias correction read its input means from the BN statistics (`bias_correction.bn_input_means`)."""
+    q = passes.get("quantize", {})
+    if not q.get("bias_means_from_bn"):
+        return []
+    return [f"bias correction: input means of {q['bias_means_from_bn']} tensors from the BN statistics, the others "
+            "from the calibration samples"]
 
 
 def _rounding_lines(passes: dict) -> list[str]:

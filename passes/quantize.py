@@ -31,11 +31,11 @@ import onnx_graphsurgeon as gs
 
 from dfc.errors import DfcError
 from dfc.graph import ir
+from dfc.graph.bn_stats import ESTIMATED
 from dfc.graph.ops import WEIGHTED
 from dfc.graph.preflight import QDQ_MIN_OPSET
 from dfc.measure import channel_stats
 from dfc.pipeline import Context, Pass, register
-from dfc.graph.bn_stats import ESTIMATED
 from dfc.quant import activation_ranges, bias_correction, weight_rounding
 from dfc.quant import quant_math as qm
 from dfc.quant.layers import (activation_plan, find_quantized_node, is_edge, quantizable_layers, weight_axis,
@@ -136,6 +136,8 @@ class Quantize(Pass):
         x = self._calibration_batch(graph, ctx)
         low_bits = min(o["wbits"], o["first_last_bits"]) < 8  # weight_rounding acts below 8 bits only
         plain = graph.copy() if o["weight_rounding"] != "nearest" and low_bits else None
+        if o["bias_means"] not in ("bn", "samples"):
+            raise DfcError(f"quantize: bias_means must be bn or samples, got {o['bias_means']!r}")
         bn = {k: v for k, v in ctx.bn_stats.items() if v.source != ESTIMATED} if o["bias_means"] == "bn" else {}
         built = self._build(graph, x, kept_float, o["weight_rounding"], bn)
         check = None
@@ -164,8 +166,8 @@ class Quantize(Pass):
         calibrated = [t for t in act_bits if t not in shared]
         model = gs.export_onnx(graph)
         params = self._activation_params(model, calibrated, x, act_bits, fused, shared)
-        layers, means, latents, bn_used = self._rewrite(graph, model, x, weighted, layer_bits, params, act_bits, fused,
-                                               const_adds, rounding, bn_stats)
+        layers, means, latents, bn_used = self._rewrite(graph, model, x, weighted, layer_bits, params, act_bits,
+                                                        fused, const_adds, rounding, bn_stats)
         return {"graph": graph, "model": model, "layers": layers, "means": means, "latents": latents,
                 "bn_means": len(bn_used),
                 "act_bits": act_bits, "fused": fused, "pads": integer_pads(graph), "skipped": skipped}
@@ -187,7 +189,8 @@ class Quantize(Pass):
     def _rewrite(self, graph, model, x, weighted, layer_bits, params, act_bits, fused, const_adds, rounding, bn_stats):
         """Q/DQ pairs on the activations, quantized Add constants, per-channel weights with bias-corrected int32
         biases; returns (per-layer report rows, the input means used by bias correction, layer name -> the float
-        weights its codes round, where they are not the graph's own: `weight_rounding`)."""
+        weights its codes round, where they are not the graph's own: `weight_rounding`, the input tensors whose
+        means came from `bn_stats`)."""
         o = self.options
         aware = [n for n in weighted if rounding == "gptq" and layer_bits[id(n)] < 8
                  and weight_rounding.supports(n, weight_axis(n))]
@@ -199,7 +202,7 @@ class Quantize(Pass):
                 ensure_bias(n)
             x_names = {input_of[id(n)] for n in weighted if input_of[id(n)] in params}
             means = self._channel_means(model, {t: params[t] for t in x_names}, x)
-            if bn_stats:  # before the fused activations leave the graph: the BN statistics reach the inputs through them
+            if bn_stats:  # before the fused activations leave the graph: the statistics reach the inputs through them
                 means, bn_used = bias_correction.bn_input_means(means, graph.tensors(), bn_stats)
         for r, _ in fused.values():
             ir.bypass_node(graph, r)
@@ -236,7 +239,7 @@ class Quantize(Pass):
             "activations_absorbed": dict(sorted(Counter(r.op for r, _ in fused.values()).items())),
             "integer_pads": built["pads"],
             "bias_correction": bool(built["means"]),
-            "bias_means_from_bn": built["bn_means"],  # input tensors whose bias-correction means came from BN statistics
+            "bias_means_from_bn": built["bn_means"],  # input tensors whose bias correction read BN statistics
             "layers": built["layers"],
             "left_in_float": built["skipped"],
             **({"rounding_check": check} if check else {}),

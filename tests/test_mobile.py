@@ -191,6 +191,8 @@ def test_quantization_takes_bn_means_only_where_the_graph_is_the_one_the_statist
     m = relu6_cnn()
     _, rep = optimize_with_report(m, wbits=4, calib="gaussian", calib_samples=32, measure=False)
     assert rep["passes"]["quantize"]["bias_means_from_bn"] >= 2  # the inputs of the depthwise and project convs
+    from dfc.report import _bias_lines
+    assert _bias_lines(rep["passes"])[0].startswith("bias correction: input means of")  # the summary says so
     _, rep = optimize_with_report(m, wbits=4, calib="gaussian", calib_samples=32, measure=False, prune=0.25,
                                   channel_multiple=1)
     assert rep["passes"]["quantize"]["bias_means_from_bn"] == 0  # pruning moved the statistics downstream

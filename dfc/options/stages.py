@@ -111,7 +111,8 @@ class CalibrationOptions:
                                     advanced=True)
     inverter_refine_steps: int | None = opt(None, "BNS inverter: steps at full size after a smaller synthesis size "
                                             "(default: none at 8 bits; below 8 bits a share of the smaller "
-                                            "phase's work that grows with the upsampling, in rounds of 5)", rule="int_ge_0", cli=int, advanced=True)
+                                            "phase's work that grows with the upsampling, in rounds of 5)",
+                                            rule="int_ge_0", cli=int, advanced=True)
     inverter_lr: float = opt(0.1, "BNS inverter: Adam learning rate", rule="positive", cli=float, advanced=True)
     inverter_copies: int = opt(1, "BNS inverter: augmented copies per sample and step", rule="int_ge_1", cli=int,
                                advanced=True)
