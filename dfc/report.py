@@ -186,8 +186,8 @@ def _inverter_lines(passes: dict) -> list[str]:
     ft = passes.get("finetune")
     if ft and "kl_before" in ft:
         out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
-                   f"({ft['blocks']} blocks{_blocks_kept(ft)}){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples, batch "
-                   f"{ft['batch']}, lr {_lr_text(ft)}"
+                   f"({ft['blocks']} blocks{_blocks_kept(ft)}){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples{_copies_text(ft)}, "
+                   f"batch {ft['batch']}, lr {_lr_text(ft)}"
                    + (f", {ft['disagreement']:g} of each batch from the disagreement pool"
                       if ft.get("disagreement") else "")
                    + f", {ft['device']}: output {ft.get('loss', 'KL')} to the float model on the samples "
@@ -204,6 +204,12 @@ def _inverter_lines(passes: dict) -> list[str]:
     if timed:
         out.append("time per pass: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timed))
     return out
+
+
+def _copies_text(ft: dict) -> str:
+    """' and N augmented copies of each' where block reconstruction topped the samples up (`train.block_copies`)."""
+    extra = int(ft.get("copies") or 1) - 1
+    return f" and {extra} augmented {'copy' if extra == 1 else 'copies'} of each" if extra > 0 else ""
 
 
 def _blocks_kept(ft: dict) -> str:

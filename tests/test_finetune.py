@@ -195,6 +195,25 @@ def test_teacher_targets_block_by_block_equal_full_forward_passes(residual):
         assert torch.allclose(targets.at(b.target), expected, atol=1e-5)
 
 
+def test_block_reconstruction_tops_few_samples_up_with_augmented_copies(residual):
+    """Fewer samples than BLOCK_INPUTS are reconstructed on with augmented copies (kd augments each batch itself);
+    the report and the summary say how many."""
+    from dfc.finetune.train import BLOCK_INPUTS, block_copies
+    from dfc.report import summary_table
+
+    assert block_copies(FinetuneConfig(method="blocks"), BLOCK_INPUTS // 4) == 4
+    assert block_copies(FinetuneConfig(method="blocks"), BLOCK_INPUTS // 4 + 1) == 4
+    assert block_copies(FinetuneConfig(method="blocks"), BLOCK_INPUTS) == 1
+    assert block_copies(FinetuneConfig(method="kd"), 8) == 1
+    assert block_copies(FinetuneConfig(method="blocks", copies=2), 8) == 2
+    with pytest.raises(DfcError, match="copies"):
+        block_copies(FinetuneConfig(method="blocks", copies=0), 8)
+    opts = dict(RESIDUAL_QDQ_OPTS, finetune="blocks", finetune_steps=3, calib_samples=BLOCK_INPUTS // 2)
+    _, report = api.optimize_with_report(residual[0], **opts)
+    assert report["passes"]["finetune"]["copies"] == 2
+    assert f"{BLOCK_INPUTS // 2} gaussian samples and 1 augmented copy of each" in summary_table(report)
+
+
 def test_finetune_time_sets_the_default_steps(residual):
     """--finetune-time is the budget the default steps fill at the predicted step time (the reference model's, times
     the speed each run measures on this machine)."""
