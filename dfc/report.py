@@ -185,9 +185,10 @@ def _inverter_lines(passes: dict) -> list[str]:
                    f"{budget}: " + ", then ".join(parts))
     ft = passes.get("finetune")
     if ft and "kl_before" in ft:
+        stage = " of the pruned float graph, before quantization," if ft.get("stage") else ""
         out.append(f"finetune: {ft['method']}, {ft['steps']} steps{' per block' if ft['method'] == 'blocks' else ''} "
-                   f"({ft['blocks']} blocks{_blocks_kept(ft)}){' of the pruned float graph, before quantization,' if ft.get('stage') else ''} on {ft['samples']} {ft.get('samples_source', '')} samples{_copies_text(ft)}, "
-                   f"batch {ft['batch']}, lr {_lr_text(ft)}"
+                   f"({ft['blocks']} blocks{_blocks_kept(ft)}){stage} on {ft['samples']} "
+                   f"{ft.get('samples_source', '')} samples{_copies_text(ft)}, batch {ft['batch']}, lr {_lr_text(ft)}"
                    + (f", {ft['disagreement']:g} of each batch from the disagreement pool"
                       if ft.get("disagreement") else "")
                    + f", {ft['device']}: output {ft.get('loss', 'KL')} to the float model on the samples "
