@@ -204,6 +204,7 @@ def test_block_reconstruction_tops_few_samples_up_with_augmented_copies(residual
     assert block_copies(FinetuneConfig(method="blocks"), BLOCK_INPUTS // 4) == 4
     assert block_copies(FinetuneConfig(method="blocks"), BLOCK_INPUTS // 4 + 1) == 4
     assert block_copies(FinetuneConfig(method="blocks"), BLOCK_INPUTS) == 1
+    assert block_copies(FinetuneConfig(method="blocks"), BLOCK_INPUTS - BLOCK_INPUTS // 8) == 1  # near enough
     assert block_copies(FinetuneConfig(method="kd"), 8) == 1
     assert block_copies(FinetuneConfig(method="blocks", copies=2), 8) == 2
     with pytest.raises(DfcError, match="copies"):
