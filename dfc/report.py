@@ -90,7 +90,7 @@ def _target_lines(report: dict) -> list[str]:
     verdict = "MISSED" if not t["met"] else "landed" if t.get("landed", True) else "met, below the band"
     final = "not measured" if t["final"] is None else f"{t['final']:.3f}x ({verdict})"
     if t.get("final_median") is not None:
-        final += f" by the fastest runs (slowest fresh session), {t['final_median']:.3f}x by medians"
+        final += f" by {t.get('final_by') or 'fastest runs'} of fresh sessions, {t['final_median']:.3f}x by medians"
     band = t.get("band") or [t["ratio"], t["ratio"]]
     line = f"target {t['kind']} <= {t['ratio']:g}x (band {band[0]:.3g}-{band[1]:g}x): output {final}"
     if searched:

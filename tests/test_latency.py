@@ -34,16 +34,27 @@ def test_ratio_margin_is_zero_for_steady_ratios_and_grows_with_noise():
     assert latency.ratio_margin([], []) == 0.0
 
 
-def test_fastest_ratio_ignores_interference_and_reports_the_spread_between_blocks():
-    """Interference only adds time: a burst that slows some rounds moves the median ratio, not the ratio of the
-    fastest runs; the margin comes from blocks of consecutive rounds."""
-    ref = [1.0] * 20
-    burst = [0.3] * 10 + [0.45] * 10  # the pruned model's later rounds disturbed (a second process woke up)
-    ratio, margin = latency.fastest_ratio(burst, ref)
-    assert ratio == 0.3 and margin > 0.0
-    steady, zero = latency.fastest_ratio([0.3] * 20, ref)
-    assert steady == 0.3 and zero == 0.0
-    assert latency.fastest_ratio([0.3] * 4, [1.0] * 4)[1] == 0.0  # too few rounds for blocks
+def test_latency_ratio_takes_the_fastest_runs_under_interference_from_another_process():
+    """Another process adds time to single runs of either model: the ratio of each group's fastest runs stays at the
+    true ratio, the paired ratios scatter, so the fastest runs are used."""
+    rng = np.random.default_rng(0)
+    ref = 1.0 + (rng.random(40) < 0.3) * rng.uniform(0.2, 0.8, 40)
+    cand = 0.5 + (rng.random(40) < 0.3) * rng.uniform(0.2, 0.8, 40)
+    cand[::10], ref[5::10] = 0.5, 1.0  # every group has an undisturbed run of each
+    ratio, margin, how = latency.latency_ratio(list(cand), list(ref), 4)
+    assert how == latency.FASTEST and abs(ratio - 0.5) < 1e-12 and margin == 0.0
+    assert latency.latency_ratio([0.3] * 4, [1.0] * 4, 4)[1:] == (0.0, latency.FASTEST)  # too few rounds for groups
+
+
+def test_latency_ratio_pairs_the_rounds_when_the_machine_speed_drifts():
+    """The machine's speed drifts over rounds and scales both models of a round alike: the paired ratios are the
+    true ratio, where each model's fastest run falls at a different moment of the drift."""
+    speed = 1.0 + 0.3 * np.sin(np.arange(40) / 3.0)
+    ref, cand = list(speed), list(0.5 * speed * np.where(np.arange(40) % 2, 1.02, 0.98))  # ±2 % of its own noise
+    ratio, margin, how = latency.latency_ratio(cand, ref, 4)
+    assert how == latency.PAIRED and abs(ratio - 0.5) < 0.002 and margin < 0.002
+    fastest = np.mean([min(c) / min(r) for c, r in zip(np.array_split(cand, 4), np.array_split(ref, 4))])
+    assert abs(fastest - 0.5) > abs(ratio - 0.5)
 
 
 def test_a_timing_while_other_processes_hold_the_cores_is_taken_again(monkeypatch):
@@ -85,7 +96,7 @@ def test_a_size_target_sizes_layers_the_quantize_pass_leaves_float_at_32_bits():
         "int8_conv": 8, "float_conv": 32, "absent": 4}
 
 
-def test_sessions_are_created_afresh_for_each_group_and_the_slowest_group_counts(monkeypatch):
+def test_sessions_are_created_afresh_for_each_group_and_their_spread_is_the_margin(monkeypatch):
     made: list = []
     log: list = []
 
@@ -102,6 +113,22 @@ def test_sessions_are_created_afresh_for_each_group_and_the_slowest_group_counts
     assert len(samples["a"]) == 8 and log.count("a") == 2 + 3 * 1 + 8  # warm-up 2 runs, then 1 per fresh pair
     ref = [1.0] * 8
     regimes = [0.40, 0.40, 0.42, 0.42, 0.40, 0.40, 0.42, 0.42]  # a file whose sessions run in two speeds
-    ratio, margin = latency.fastest_ratio(regimes, ref, 4, sessions=True)
-    assert ratio == 0.42 and margin > 0
-    assert latency.fastest_ratio(regimes, ref, 4)[0] == 0.40  # across sessions, the minimum is the fast regime's
+    ratio, margin, _ = latency.latency_ratio(regimes, ref, 4)
+    assert abs(ratio - 0.41) < 1e-12 and margin > 0.005  # the groups' mean, their spread its margin
+
+
+def test_a_timing_lasts_long_enough_for_a_small_model(monkeypatch):
+    """`seconds`: the rounds grow until they fill that time at the warm-up's pace (a small model's 20 rounds in 1 s
+    read its ratio ±12 %), never below the rounds asked, at most MAX_ROUNDS; the fresh-session groups follow."""
+    assert latency.timed_rounds(20, 0.05, 4.0) == 80
+    assert latency.timed_rounds(20, 0.5, 4.0) == 20
+    assert latency.timed_rounds(20, 1e-5, 4.0) == latency.MAX_ROUNDS
+    log: list = []
+    monkeypatch.setattr(runtime, "make_session", lambda m, threads, spinning: _Session(m, log))
+    monkeypatch.setattr(runtime, "fixed_batch", lambda s: None)
+    clock = iter(np.arange(0.0, 1e4, 0.025))  # every perf_counter call 25 ms later: a round of two models 50 ms
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: next(clock))
+    samples: dict = {}
+    latency.median_latencies({"a": "a", "b": "b"}, np.zeros((2, 1), np.float32), rounds=10, sessions=2,
+                             samples=samples, seconds=2.0)
+    assert len(samples["a"]) == 40  # 2 s at 50 ms a round

@@ -12,8 +12,7 @@ machine inflated every time by 30-70 ms on ResNet-56 and pulled ratios towards 1
 A session's speed is itself a draw: the same EfficientNet-Lite0 W8A8 file ran at 126-127 ms in some fresh sessions and
 134-136 ms in others (6 session pairs in one process, each steady within ±1 %; the float original 317-319 ms in all),
 so one session's ratio (0.394 or 0.420) is not the file's. With `sessions` > 1 the rounds are split into groups, each
-timed on freshly created sessions, and `fastest_ratio(..., sessions=True)` judges by the slowest group: a user's
-session may land in either regime.
+timed on freshly created sessions, and `latency_ratio` averages over the groups, their spread its margin.
 """
 
 from __future__ import annotations
@@ -35,11 +34,14 @@ def median_latencies(
     samples: dict | None = None,
     load: dict | None = None,
     sessions: int = 1,
+    seconds: float = 0.0,
 ) -> tuple[dict[str, float], int]:
     """(name -> median seconds of one `session.run` on batch `x`, batch size used), alternating
     between models; `samples` (a dict) receives every round's seconds per model, `load` the cores other processes
     kept busy meanwhile (`other_cores`; None where the OS does not say). `sessions` > 1: the rounds in that many
-    consecutive groups (`np.array_split`), each on freshly created sessions (module doc)."""
+    consecutive groups (`np.array_split`), each on freshly created sessions (module doc). `seconds` > 0: at least
+    as many rounds as fill that time at the warm-up's pace (at most MAX_ROUNDS; `timed_rounds`), the groups then
+    `session_groups` of them."""
     from dfc.progress import progress_bar
     from dfc.measure.runtime import fixed_batch, make_session
 
@@ -54,8 +56,16 @@ def median_latencies(
                 s.run(None, feeds[k])
         return made, feeds, x
 
-    groups = {int(g[0]) for g in np.array_split(np.arange(rounds), max(1, min(sessions, rounds))) if len(g)} - {0}
     live, feeds, x = fresh(x, warmup)
+    if seconds > 0:
+        per_round = 0.0
+        for k, s in live.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            per_round += time.perf_counter() - t0
+        rounds = timed_rounds(rounds, per_round, seconds)
+        sessions = session_groups(rounds) if sessions > 1 else 1
+    groups = {int(g[0]) for g in np.array_split(np.arange(rounds), max(1, min(sessions, rounds))) if len(g)} - {0}
     times: dict[str, list[float]] = {k: [] for k in models}
     names = list(models)
     before = _cpu_clock()
@@ -77,6 +87,20 @@ def median_latencies(
 # timing at least ROUNDS_PER_SESSION rounds: the slowest of groups of 2-3 rounds read ResNet-20 0.321 where 6
 # separate sessions of 15 rounds read 0.279-0.293
 SESSIONS, ROUNDS_PER_SESSION = 4, 5
+
+
+# a latency target's timing lasts at least this long (`median_latencies(..., seconds=)`): the machine's noise is
+# correlated over seconds, so 20 rounds of a small model say little (ResNet-20 W8A8 at 0.28x, 20 rounds in 1 s: sd
+# 0.035 over 10 timings on a shared Intel Xeon; 80 rounds in 4 s: 0.016; ResNet-56, 20 rounds in 3.6 s: 0.009)
+TIMING_SECONDS = 4.0
+MAX_ROUNDS = 200
+
+
+def timed_rounds(rounds: int, per_round: float, seconds: float) -> int:
+    """The rounds of a timing: `rounds`, or as many more as fill `seconds` at `per_round` seconds a round (all
+    models once), at most MAX_ROUNDS."""
+    need = int(np.ceil(seconds / per_round)) if per_round > 0 else rounds
+    return int(min(max(rounds, need), max(rounds, MAX_ROUNDS)))
 
 
 def session_groups(rounds: int) -> int:
@@ -118,24 +142,34 @@ def ratio_margin(times: list[float], reference: list[float]) -> float:
     return float(1.2533 * ratios.std() / np.sqrt(len(ratios)))
 
 
-def fastest_ratio(times: list[float], reference: list[float], blocks: int = 4,
-                  sessions: bool = False) -> tuple[float, float]:
-    """(min(times) / min(reference), its margin): the ratio of the undisturbed run times, for decisions that must hold
-    on a busy machine. Interference (another process on the cores, a neighbour's burst) only ever adds time, and on
-    2 cores it adds more to the smaller model: with a second process keeping one core busy, ResNet-56 0.6× pruned
-    measured 0.625 ± 0.083 by medians and 0.559 ± 0.016 by minima over 8 runs of 30 rounds (quiet: 0.563 / 0.558).
-    The margin is the standard error over `blocks` runs of consecutive rounds, each block's own ratio of minima (the
-    noise is correlated over seconds, so the rounds' own scatter understates it); 0 with fewer than 2 rounds a block.
-    `sessions`: the blocks were timed on fresh sessions each (`median_latencies(..., sessions=blocks)`); the ratio is
-    then the slowest block's, since a session's own speed is a draw (module doc)."""
+# the two estimates `latency_ratio` chooses between (the report names the one used)
+FASTEST, PAIRED = "fastest runs", "paired medians"
+
+
+def latency_ratio(times: list[float], reference: list[float], groups: int = 4) -> tuple[float, float, str]:
+    """(ratio, margin, estimate) of a model timed against a reference in alternating rounds, split into `groups`
+    consecutive groups (fresh sessions each where `median_latencies(..., sessions=groups)` timed them). Two noises
+    move a timing, and each estimate is immune to one:
+    - another process on the cores only adds time, more to the smaller model on 2 cores: per group the ratio of
+      the fastest runs, min(t)/min(r) (ResNet-56 0.6× pruned, one core kept busy, AMD EPYC: 0.559 ± 0.016 by minima,
+      0.625 ± 0.083 by medians over 8 timings);
+    - the machine's own speed drifts over seconds (a shared host: ResNet-56 ran 88-166 ms within 20 rounds on an
+      Intel Xeon with nothing else running) and scales both models of a round alike: per group the median of the
+      paired ratios t_i/r_i, where the minima catch the fastest moment of each model apart (12 timings of a 0.5×
+      pruned ResNet-56: sd 0.009 paired, 0.014 by minima, 0.036 by the slowest group's minima).
+    Each estimate is the mean over the groups (a session's own speed is a draw: EfficientNet-Lite0 W8A8 ran 0.394×
+    or 0.420× by session), its margin the standard error between them; the estimate with the smaller margin is
+    used. Fewer than 2 rounds a group: the fastest runs overall, margin 0."""
     t, r = np.asarray(times, np.float64), np.asarray(reference, np.float64)
     if not len(t) or len(t) != len(r):
-        return float("nan"), 0.0
-    ratio = float(t.min() / r.min())
-    if len(t) < 2 * blocks:
-        return ratio, 0.0
-    per = [tb.min() / rb.min() for tb, rb in zip(np.array_split(t, blocks), np.array_split(r, blocks))]
-    return (float(max(per)) if sessions else ratio), float(np.std(per, ddof=1) / np.sqrt(blocks))
+        return float("nan"), 0.0, FASTEST
+    if len(t) < 2 * groups or groups < 2:
+        return float(t.min() / r.min()), 0.0, FASTEST
+    parts = list(zip(np.array_split(t, groups), np.array_split(r, groups)))
+    by = {FASTEST: [tg.min() / rg.min() for tg, rg in parts], PAIRED: [np.median(tg / rg) for tg, rg in parts]}
+    est = {k: (float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(groups))) for k, v in by.items()}
+    how = min(est, key=lambda k: est[k][1])
+    return est[how][0], est[how][1], how
 
 
 def latency_ratios(medians: dict[str, float], reference: str) -> dict[str, float]:

@@ -167,7 +167,8 @@ class RunOptions:
                         flag="--no-measure", advanced=True)
     probe_samples: int = opt(64, "samples of the Gaussian fidelity probe, and the latency batch", rule="int_ge_1",
                              cli=int, advanced=True)
-    latency_rounds: int = opt(10, "alternating timing rounds of the report's latency ratio (0: no timing)",
+    latency_rounds: int = opt(10, "alternating timing rounds of the report's latency ratio, at least (more where they "
+                              "take under 4 s: a small model's timing is noisier); 0: no timing",
                               rule="int_ge_0", cli=int, advanced=True)
     threads: int = opt(2, "ONNX Runtime threads of every timed session", rule="int_ge_1", cli=int, advanced=True)
     debug: bool = opt(False, "check validity after every pass; tracebacks on errors", rule="bool", switch=True,

@@ -8,8 +8,12 @@ even at the top of its uncertainty, the result removed more than asked for, and 
 The search steers a prediction (the cost model's ratio) by an *aim*; each round prunes until the prediction is at
 or below the aim and measures. A result above the band ("slow") tightens the aim by the miss, one below it
 ("fast") loosens it; the aims tried so far bracket the answer (the tightest slow aim above, the loosest fast aim
-below) and a correction that leaves the bracket is replaced by its midpoint (bisection), so the search converges in
-both directions instead of only ever removing more.
+below). Once both sides are known, the next aim interpolates between their (prediction, measurement) points
+(false position: a cost model that is off by an offset as well as a factor, ResNet-20 0.3 on an Intel Xeon, 5
+branches predicted 0.277 and measured 0.345, 7 predicted 0.157 and measured 0.204, sent the one-point ratio
+correction back to 5 branches, the interpolation to 6), kept inside the bracket's inner 80 % (a wild measurement
+on one side does not pin the search to the other); a correction that leaves the bracket is replaced by its
+midpoint (bisection), so the search converges in both directions instead of only ever removing more.
 
 A landed result far below where the band is safest is *centred* once (`centring_aim`): a timing settles best in the
 band's middle (a later measurement of the same file moves by a few per cent either way, more than one run's standard
@@ -32,6 +36,7 @@ class Landing:
     goal: float
     slow: list[float] = field(default_factory=list)  # aims whose result measured above the goal
     fast: list[float] = field(default_factory=list)  # aims whose result measured below the band
+    points: dict = field(default_factory=dict)  # aim -> (predicted, measured) of its result
 
     def verdict(self, measured: float, margin: float = 0.0) -> str:
         high = measured + margin
@@ -57,10 +62,17 @@ class Landing:
         (else the bracket's midpoint)."""
         slow = self.verdict(measured, margin) == SLOW
         (self.slow if slow else self.fast).append(aim)
+        self.points[aim] = (predicted, measured)
         point = self.point(margin)
+        floor = 0.0 if slow else (give_back or 0.0) * (1 + 1e-6)
         new = (corrected_aim(aim, point, measured, predicted) if slow
-               else max(aim * point / max(measured, 1e-12), (give_back or 0.0) * (1 + 1e-6)))
+               else max(aim * point / max(measured, 1e-12), floor))
         lo, hi = max(self.fast, default=0.0), min(self.slow, default=math.inf)
+        if self.fast and self.slow:
+            (pf, mf), (ps, ms) = self.points[lo], self.points[hi]
+            if ps > pf and ms > mf:  # false position between the two nearest results, inside the inner 80 %
+                w = hi - lo
+                new = min(max(pf + (point - mf) * (ps - pf) / (ms - mf), lo + 0.1 * w, floor), hi - 0.1 * w)
         if lo < new < hi:
             return new
         return (lo + hi) / 2

@@ -10,10 +10,10 @@ Target kinds, each a ratio against the model as it entered the prune pass (the o
   of activation, fitted so that the unpruned graph's layers add up to its measured time T_v(g0) in the variant that
   will be shipped: float, or QDQ when quantizing), plus the time of the ops no layer accounts for when the layers add
   up to less than that (EfficientNet-Lite0: Pads, Clips, Adds), held fixed; checked by timing the pruned graph against the original,
-  alternating, as the ratio of their fastest runs (`dfc.measure.latency.fastest_ratio`: a busy core moves medians by
-  10-30 % between runs, minima by 1-3 %) in each of 4 groups of rounds on fresh sessions, the slowest group's (a
-  session's own speed is a draw: Lite0 W8A8 0.394 or 0.420 by session), taken again after a pause while other
-  processes hold the cores; at the
+  alternating, in 4 groups of rounds on fresh sessions (a session's own speed is a draw: Lite0 W8A8 0.394 or 0.420
+  by session), as the mean over the groups of their fastest runs' ratio (robust to other processes) or of their
+  paired ratios (robust to the machine's speed drifting), whichever the groups agree on better
+  (`dfc.measure.latency.latency_ratio`), taken again after a pause while other processes hold the cores; at the
   model's fixed batch, against the user's file (as the report checks the output). The QDQ variant used for the
   check and the reference is quantized with throw-away ranges (Gaussian min/max) by the quantize pass itself, its float-layer choice
   included: its ops, and so its kernels and time, are those of the final model, its accuracy is irrelevant.
@@ -44,7 +44,7 @@ class TargetMeter:
     def __init__(self, graph: gs.Graph, kind: str, ctx: Context, bits: dict[str, int] | None, quant: dict | None,
                  batch: int = 64, threads: int = 2, rounds: int = 20):
         self.kind, self.ctx, self.bits, self.quant = kind, ctx, bits, quant
-        self.margin = 0.0  # the last measurement's uncertainty (latency: `fastest_ratio`'s margin)
+        self.margin = 0.0  # the last measurement's uncertainty (latency: `latency_ratio`'s margin)
         self.busy = 0.0  # cores other processes held during the last timing (`dfc.measure.latency.other_cores`)
         self.batch, self.threads, self.rounds = batch, threads, rounds
         self.original = ir.export_model(graph)
@@ -86,7 +86,7 @@ class TargetMeter:
             return self.layer_total(graph) / self.reference
         if self.kind == "size":
             return float(self._shipped(self.variant(graph), ctx or self.ctx).ByteSize()) / self.reference
-        from dfc.measure.latency import BUSY_CORES, fastest_ratio, session_groups
+        from dfc.measure.latency import BUSY_CORES, latency_ratio, session_groups
 
         models = {"original": self.timed_original, "pruned": self.variant(graph)}
         best = None
@@ -96,8 +96,8 @@ class TargetMeter:
             self._time(models, rounds, load)
             busy = load.get("other_cores") or 0.0
             if best is None or busy < best[0]:
-                best = (busy, *fastest_ratio(rounds["pruned"], rounds["original"], session_groups(self.rounds),
-                                             sessions=True))
+                best = (busy, *latency_ratio(rounds["pruned"], rounds["original"],
+                                             session_groups(len(rounds["pruned"])))[:2])
             if busy <= BUSY_CORES or wait is None:
                 break
             time.sleep(wait)
@@ -131,10 +131,10 @@ class TargetMeter:
         return out
 
     def _time(self, models: dict, samples: dict | None = None, load: dict | None = None) -> dict:
-        from dfc.measure.latency import median_latencies, session_groups
+        from dfc.measure.latency import TIMING_SECONDS, median_latencies, session_groups
 
         return median_latencies(models, self.x, threads=self.threads, rounds=self.rounds, samples=samples,
-                                load=load, sessions=session_groups(self.rounds))[0]
+                                load=load, sessions=session_groups(self.rounds), seconds=TIMING_SECONDS)[0]
 
 
 def bits_as_written(model: onnx.ModelProto, bits: dict[str, int]) -> dict[str, int]:
